@@ -1,0 +1,30 @@
+//! Emulated interrupt controllers for irqvm.
+//!
+//! Everything here except [`kvm`] is a pure state machine with no KVM types, so it can be
+//! unit-, property- and fuzz-tested on any host. The seams devices use are small traits:
+//! [`line::InterruptLine`] (raise/lower/pulse a wire) and [`msi::MsiSender`] (send one
+//! message-signalled interrupt). Backends (in-kernel KVM irqchip, or the userspace PIC/IOAPIC
+//! under KVM split irqchip) implement them.
+
+pub mod line;
+pub mod msi;
+
+pub use line::InterruptLine;
+pub use msi::{MsiMessage, MsiSender};
+
+/// Errors raised while delivering interrupts.
+#[derive(Debug, thiserror::Error)]
+pub enum IrqError {
+    #[error("signalling eventfd for GSI {gsi} failed")]
+    EventFd {
+        gsi: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("KVM refused the interrupt request ({what})")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}

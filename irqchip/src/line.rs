@@ -1,0 +1,17 @@
+//! The interrupt line model: what a device sees of an interrupt wire.
+//!
+//! A device holds an `Arc<dyn InterruptLine>`. An edge source pulses; a level source asserts
+//! and later deasserts. Whether the line is shared (wired-OR of several sources) and where it
+//! ends (KVM irqfd, userspace IOAPIC pin, PIC input) is the backend's business.
+
+/// One interrupt wire as a device sees it.
+pub trait InterruptLine: Send + Sync {
+    /// Drive the line to `level` (true = asserted, before polarity inversion).
+    fn set_level(&self, level: bool);
+
+    /// An edge: assert then deassert. Edge-triggered consumers see one rising edge.
+    fn pulse(&self) {
+        self.set_level(true);
+        self.set_level(false);
+    }
+}
