@@ -94,7 +94,10 @@ mod tests {
     fn large_guest_splits_around_the_mmio_hole() {
         assert_eq!(
             ram_regions(4 << 30),
-            vec![(0, MMIO_HOLE_START), (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)]
+            vec![
+                (0, MMIO_HOLE_START),
+                (MMIO_HOLE_END, (4 << 30) - MMIO_HOLE_START)
+            ]
         );
     }
 

@@ -48,7 +48,11 @@ impl Bus {
             return Err(BusError::ZeroLength { base });
         }
         let end = base.saturating_add(len);
-        if self.devices.keys().any(|r| base < r.base.saturating_add(r.len) && r.base < end) {
+        if self
+            .devices
+            .keys()
+            .any(|r| base < r.base.saturating_add(r.len) && r.base < end)
+        {
             return Err(BusError::Overlap { base, len });
         }
         self.devices.insert(Range { base, len }, device);
@@ -58,7 +62,12 @@ impl Bus {
     fn find(&self, addr: u64) -> Option<(u64, &Arc<Mutex<dyn BusDevice>>)> {
         let (range, dev) = self
             .devices
-            .range(..=Range { base: addr, len: u64::MAX })
+            .range(
+                ..=Range {
+                    base: addr,
+                    len: u64::MAX,
+                },
+            )
             .next_back()?;
         let off = addr - range.base;
         (off < range.len).then_some((off, dev))
@@ -110,7 +119,8 @@ mod tests {
     #[test]
     fn read_dispatches_with_offset_into_range() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Reg(0x10))), 0x3f8, 8).unwrap();
+        bus.insert(Arc::new(Mutex::new(Reg(0x10))), 0x3f8, 8)
+            .unwrap();
         let mut b = [0u8; 1];
         assert!(bus.read(0x3fa, &mut b));
         assert_eq!(b[0], 0x12);
@@ -129,7 +139,8 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert(Arc::new(Mutex::new(Reg(0))), 0x20, 2).unwrap();
         assert_eq!(
-            bus.insert(Arc::new(Mutex::new(Reg(0))), 0x21, 2).unwrap_err(),
+            bus.insert(Arc::new(Mutex::new(Reg(0))), 0x21, 2)
+                .unwrap_err(),
             BusError::Overlap { base: 0x21, len: 2 }
         );
         bus.insert(Arc::new(Mutex::new(Reg(0))), 0x22, 2).unwrap();

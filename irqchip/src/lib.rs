@@ -9,12 +9,14 @@
 pub mod line;
 pub mod msi;
 
-pub use line::InterruptLine;
+pub use line::{InterruptLine, LineProvider};
 pub use msi::{MsiMessage, MsiSender};
 
 /// Errors raised while delivering interrupts.
 #[derive(Debug, thiserror::Error)]
 pub enum IrqError {
+    #[error("GSI {gsi} source {source_id} does not exist (GSIs 0..{max}, sources 0..=7)")]
+    NoSuchLine { gsi: u32, source_id: u8, max: u32 },
     #[error("signalling eventfd for GSI {gsi} failed")]
     EventFd {
         gsi: u32,

@@ -15,3 +15,18 @@ pub trait InterruptLine: Send + Sync {
         self.set_level(false);
     }
 }
+
+/// Hands out interrupt lines. A GSI's level is the wired-OR of its named sources, so two
+/// devices (or two test-device sources) sharing a level line each get their own source.
+pub trait LineProvider: Send + Sync {
+    /// Source `source` (0..=7) of GSI `gsi`.
+    fn line(
+        &self,
+        gsi: u32,
+        source: u8,
+    ) -> Result<std::sync::Arc<dyn InterruptLine>, crate::IrqError>;
+    /// Times the line was raised by the host (any source) since the last `reset_stats`.
+    fn raised(&self, gsi: u32) -> u64;
+    /// Zero the host-side counters.
+    fn reset_stats(&self);
+}
