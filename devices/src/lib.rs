@@ -1,6 +1,7 @@
 //! Guest-visible devices and the address-range bus that dispatches vCPU exits to them.
 
 pub mod bus;
+pub mod serial;
 
 pub use bus::{Bus, BusDevice, BusError};
 

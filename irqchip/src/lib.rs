@@ -6,6 +6,7 @@
 //! message-signalled interrupt). Backends (in-kernel KVM irqchip, or the userspace PIC/IOAPIC
 //! under KVM split irqchip) implement them.
 
+pub mod kvm;
 pub mod line;
 pub mod msi;
 
