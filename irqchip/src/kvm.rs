@@ -9,7 +9,10 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kvm_bindings::kvm_msi;
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+};
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -65,9 +68,64 @@ impl KernelIrqchip {
         })
     }
 
+    /// Install the in-kernel routing table that matches the platform tables irqvm gives the
+    /// guest (MP table and ACPI MADT: ISA IRQ0 is wired to IOAPIC pin 2, the PIC cascade
+    /// sits on IRQ2), as real boards and QEMU do. KVM's default table would send the in-kernel
+    /// PIT (which fires KVM GSI 0) to IOAPIC pin 0 instead.
+    ///
+    /// irqvm's GSI numbers are ACPI GSIs, i.e. IOAPIC pins. KVM GSI g routes to IOAPIC pin g
+    /// and to the PIC input of ISA IRQ g, except: KVM GSI 0 (the PIT) and 2 both go to IOAPIC
+    /// pin 2 and PIC IRQ 0.
+    pub fn install_platform_routes(vm: &VmFd, nr_gsis: u32) -> Result<(), IrqError> {
+        let mut entries = Vec::new();
+        let chip = |gsi: u32, irqchip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = irqchip;
+            e.u.irqchip.pin = pin;
+            e
+        };
+        for gsi in 0..nr_gsis {
+            let ioapic_pin = if gsi == 0 { 2 } else { gsi };
+            entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, ioapic_pin));
+            if let Some(isa) = pic_irq_for_gsi(gsi) {
+                let (c, p) = if isa < 8 {
+                    (KVM_IRQCHIP_PIC_MASTER, isa)
+                } else {
+                    (KVM_IRQCHIP_PIC_SLAVE, isa - 8)
+                };
+                entries.push(chip(gsi, c, p as u32));
+            }
+        }
+        // KVM GSI 0 is the in-kernel PIT: ISA IRQ 0 on the PIC.
+        entries.push(chip(0, KVM_IRQCHIP_PIC_MASTER, 0));
+        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Kvm {
+            what: "building the GSI routing table",
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        })?;
+        vm.set_gsi_routing(&routing).map_err(|e| IrqError::Kvm {
+            what: "KVM_SET_GSI_ROUTING",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })
+    }
+
     /// MSIs sent so far.
     pub fn msis_sent(&self) -> u64 {
         self.inner.msis.load(Ordering::Relaxed)
+    }
+}
+
+/// The 8259 input (ISA IRQ) a GSI drives: GSI 2 carries ISA IRQ 0 (the timer, per the MADT
+/// interrupt source override); IRQ 2 is the cascade and has no GSI; GSIs >= 16 have none.
+pub fn pic_irq_for_gsi(gsi: u32) -> Option<u8> {
+    match gsi {
+        2 => Some(0),
+        0 => None,
+        1..=15 => Some(gsi as u8),
+        _ => None,
     }
 }
 
@@ -167,5 +225,20 @@ impl MsiSender for KernelIrqchip {
                 what: "KVM_SIGNAL_MSI",
                 source: std::io::Error::from_raw_os_error(e.errno()),
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gsi2_drives_isa_irq0_and_cascade_has_no_gsi() {
+        assert_eq!(pic_irq_for_gsi(2), Some(0));
+        assert_eq!(pic_irq_for_gsi(0), None);
+        assert_eq!(pic_irq_for_gsi(4), Some(4));
+        assert_eq!(pic_irq_for_gsi(15), Some(15));
+        assert_eq!(pic_irq_for_gsi(16), None);
+        assert!((0..24).filter_map(pic_irq_for_gsi).all(|irq| irq != 2));
     }
 }

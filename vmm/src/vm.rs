@@ -320,6 +320,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 ..Default::default()
             };
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
+            KernelIrqchip::install_platform_routes(&vm, layout::IOAPIC_PINS as u32)?;
             Arc::new(KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32)?)
         }
     };
