@@ -103,7 +103,7 @@ mod tests {
 
     #[test]
     fn tables_fit_below_one_mib() {
-        assert!(ACPI_START < MPTABLE_START && MPTABLE_START < HIMEM_START);
-        assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10);
+        const { assert!(ACPI_START < MPTABLE_START && MPTABLE_START < HIMEM_START) };
+        const { assert!(ZERO_PAGE_START + 0x1000 <= BOOT_STACK_POINTER + 0x10) };
     }
 }
