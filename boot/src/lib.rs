@@ -1,2 +1,3 @@
+pub mod acpi;
 pub mod layout;
 pub mod mptable;
