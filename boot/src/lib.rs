@@ -4,9 +4,11 @@
 //!
 //! Addresses come from [`layout`], the one place they are decided.
 
+pub mod acpi;
 pub mod cpuid;
 pub mod layout;
 pub mod loader;
+pub mod mptable;
 pub mod params;
 pub mod regs;
 
