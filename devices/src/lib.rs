@@ -1,7 +1,10 @@
 //! Guest-visible devices and the address-range bus that dispatches vCPU exits to them.
 
 pub mod bus;
+pub mod debug_exit;
+pub mod pc_testdev;
 pub mod serial;
+pub mod testdev;
 
 pub use bus::{Bus, BusDevice, BusError};
 
