@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// Guest CPUID template.
     #[arg(long, value_enum, default_value_t = CpuTemplateArg::Auto)]
     pub cpu_template: CpuTemplateArg,
+
+    /// Attach the irqvm test device (port 0x2100, see docs/testdev.md) used by the guest
+    /// test kernel.
+    #[arg(long)]
+    pub testdev: bool,
 }
 
 /// The default kernel command line: serial console, ACPI power control, no kernel-side

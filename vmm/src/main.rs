@@ -29,6 +29,7 @@ fn main() -> ExitCode {
                 irqchip: args.irqchip,
                 serial: args.serial,
                 cpu_template: args.cpu_template,
+                testdev: args.testdev,
             };
             finish(vm::run(cfg))
         }

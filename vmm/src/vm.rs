@@ -13,10 +13,13 @@ use std::time::Duration;
 use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
+use devices::debug_exit::DebugExit;
+use devices::pc_testdev::{self, PcTestdevLines};
 use devices::serial::Serial;
+use devices::testdev::{TestDevConfig, TestDevice, HOST_PVM};
 use devices::{Bus, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
-use irqchip::LineProvider;
+use irqchip::{LineProvider, MsiSender};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -40,6 +43,8 @@ pub struct VmConfig {
     pub irqchip: IrqchipMode,
     pub serial: SerialOut,
     pub cpu_template: CpuTemplateArg,
+    /// Attach the irqvm test device (docs/testdev.md).
+    pub testdev: bool,
 }
 
 /// How a VM ended.
@@ -111,6 +116,10 @@ pub enum VmmError {
     Boot(#[from] boot::BootError),
     #[error(transparent)]
     Irq(#[from] irqchip::IrqError),
+    #[error("building ACPI tables: {0}")]
+    Acpi(#[from] boot::acpi::AcpiError),
+    #[error("building the MP table: {0}")]
+    Mptable(#[from] boot::mptable::MptableError),
     #[error("bus setup: {0}")]
     Bus(#[from] devices::BusError),
     #[error("cannot open serial output file {path}: {source}")]
@@ -311,7 +320,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     }
 
     // Interrupt controllers.
-    let lines: Arc<dyn LineProvider> = match cfg.irqchip {
+    let (lines, msi): (Arc<dyn LineProvider>, Arc<dyn MsiSender>) = match cfg.irqchip {
         IrqchipMode::Kernel => {
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
@@ -321,7 +330,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             };
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
             KernelIrqchip::install_platform_routes(&vm, layout::IOAPIC_PINS as u32)?;
-            Arc::new(KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32)?)
+            let chip = KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32)?;
+            (Arc::new(chip.clone()), Arc::new(chip))
         }
     };
 
@@ -334,6 +344,40 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         serial_writer(&cfg.serial)?,
     )));
     pio.insert(serial.clone(), layout::SERIAL_PORT as u64, 8)?;
+    // QEMU-compatible exits and line control for test kernels, always present: harmless to
+    // a guest that does not know them.
+    pio.insert(
+        Arc::new(Mutex::new(DebugExit::new(shutdown.clone()))),
+        layout::DEBUG_EXIT_PORT as u64,
+        4,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(PcTestdevLines::new(lines.as_ref()))),
+        layout::PC_TESTDEV_LINES_PORT as u64,
+        pc_testdev::PC_TESTDEV_LINES,
+    )?;
+    let mut test_counts = None;
+    if cfg.testdev {
+        let dev = TestDevice::new(
+            lines.clone(),
+            msi.clone(),
+            shutdown.clone(),
+            TestDevConfig {
+                mode: match cfg.irqchip {
+                    IrqchipMode::Kernel => 0,
+                },
+                host: if crate::host::is_pvm() { HOST_PVM } else { 0 },
+                ncpus: cfg.vcpus as u32,
+            },
+            Box::new(|line: &str| log::info!("testdev: {line}")),
+        );
+        test_counts = Some(dev.counts());
+        pio.insert(
+            Arc::new(Mutex::new(dev)),
+            layout::TESTDEV_PORT as u64,
+            layout::TESTDEV_PORT_SIZE as u64,
+        )?;
+    }
 
     // Kernel, initrd, command line, boot protocol data.
     let kernel_path = cfg.kernel.display().to_string();
@@ -362,7 +406,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
         None => None,
     };
-    let rsdp = None;
+    // Platform description, both ways: MP table (X86_MPPARSE kernels) and ACPI.
+    let acpi_cfg = boot::acpi::AcpiConfig::new(cfg.vcpus);
+    boot::mptable::setup_mptable(&mem, cfg.vcpus, acpi_cfg.ioapic_id)?;
+    let rsdp = Some(boot::acpi::create_acpi_tables(&mem, &acpi_cfg)?.0);
     match loaded.entry {
         BootEntry::Linux64 { .. } => boot::params::write_boot_params(
             &mem,
@@ -451,5 +498,21 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             log::error!("a vCPU thread panicked");
         }
     }
-    Ok(shutdown.outcome())
+    let mut outcome = shutdown.outcome();
+    if let Some(c) = test_counts {
+        use std::sync::atomic::Ordering::Relaxed;
+        let failed = c.failed.load(Relaxed);
+        log::info!(
+            "test device: {} passed, {failed} failed, {} skipped, {} xfailed; summary line {:?}",
+            c.passed.load(Relaxed),
+            c.skipped.load(Relaxed),
+            c.xfailed.load(Relaxed),
+            c.summary()
+        );
+        // A guest that reported a FAIL never ends with success, whatever status it wrote.
+        if failed > 0 && outcome.exit_code() == 0 {
+            outcome = Outcome::Failed(format!("{failed} test case(s) failed"));
+        }
+    }
+    Ok(outcome)
 }
