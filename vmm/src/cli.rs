@@ -94,7 +94,7 @@ pub struct RunArgs {
 
     /// Number of vCPUs.
     #[arg(long, default_value_t = 1, value_name = "N")]
-    pub vcpus: u8,
+    pub vcpus: u32,
 
     /// Interrupt controller emulation.
     #[arg(long, value_enum, default_value_t = IrqchipMode::Kernel)]
@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Guest CPUID template.
     #[arg(long, value_enum, default_value_t = CpuTemplateArg::Auto)]
     pub cpu_template: CpuTemplateArg,
+
+    /// The KVM device node.
+    #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
+    pub kvm_device: PathBuf,
 
     /// Attach the irqvm test device (port 0x2100, see docs/testdev.md) used by the guest
     /// test kernel.

@@ -8,12 +8,27 @@ mod vm;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::Parser as _;
 
 use cli::{Cli, Command, DEFAULT_CMDLINE};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line naming the problem, exit status 1, like every other irqvm error.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("irqvm: error: {first} (see irqvm --help)");
+            return ExitCode::from(1);
+        }
+    };
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .format_timestamp_millis()
@@ -30,6 +45,7 @@ fn main() -> ExitCode {
                 serial: args.serial,
                 cpu_template: args.cpu_template,
                 testdev: args.testdev,
+                kvm_device: args.kvm_device,
             };
             finish(vm::run(cfg))
         }

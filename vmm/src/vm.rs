@@ -39,12 +39,14 @@ pub struct VmConfig {
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
     pub mem_mib: u64,
-    pub vcpus: u8,
+    pub vcpus: u32,
     pub irqchip: IrqchipMode,
     pub serial: SerialOut,
     pub cpu_template: CpuTemplateArg,
     /// Attach the irqvm test device (docs/testdev.md).
     pub testdev: bool,
+    /// The KVM device node (normally /dev/kvm).
+    pub kvm_device: PathBuf,
 }
 
 /// How a VM ended.
@@ -89,14 +91,15 @@ impl Outcome {
 /// Errors setting up or running a VM. Each says what to do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error(
-        "cannot open /dev/kvm ({0}); is KVM loaded and do you have read/write access to /dev/kvm?"
-    )]
-    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("cannot use {path} as the KVM device ({source}); is KVM loaded, is it a KVM device node, and do you have read/write access to it?")]
+    OpenKvm {
+        path: String,
+        source: kvm_ioctls::Error,
+    },
     #[error("--vcpus {0}: a VM needs at least one vCPU")]
-    NoVcpus(u8),
+    NoVcpus(u32),
     #[error("--vcpus {asked}: this host's KVM allows at most {max}")]
-    TooManyVcpus { asked: u8, max: usize },
+    TooManyVcpus { asked: u32, max: usize },
     #[error("--memory {asked} MiB: irqvm needs at least {min} MiB")]
     TooLittleMemory { asked: u64, min: u64 },
     #[error("--memory {asked} MiB is more than this host has ({host} MiB)")]
@@ -238,6 +241,21 @@ fn serial_writer(out: &SerialOut) -> Result<Box<dyn Write + Send>, VmmError> {
     })
 }
 
+fn open_kvm(path: &std::path::Path) -> Result<Kvm, VmmError> {
+    let err = |source| VmmError::OpenKvm {
+        path: path.display().to_string(),
+        source,
+    };
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| err(kvm_ioctls::Error::new(libc::EINVAL)))?;
+    let kvm = Kvm::new_with_path(&c).map_err(err)?;
+    // A node that opens but is not KVM answers KVM_GET_API_VERSION with an error.
+    if kvm.get_api_version() != 12 {
+        return Err(err(kvm_ioctls::Error::new(libc::ENOTTY)));
+    }
+    Ok(kvm)
+}
+
 extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
 /// Validate, build and run a VM until the guest stops it.
@@ -259,7 +277,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             });
         }
     }
-    let kvm = Kvm::new().map_err(VmmError::OpenKvm)?;
+    let kvm = open_kvm(&cfg.kvm_device)?;
     let max_vcpus = kvm.get_max_vcpus().min(254);
     if cfg.vcpus as usize > max_vcpus {
         return Err(VmmError::TooManyVcpus {
@@ -267,6 +285,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             max: max_vcpus,
         });
     }
+    // At most 254 (xAPIC ids, MP table), so it fits in a u8.
+    let nr_vcpus = cfg.vcpus as u8;
     if cfg.vcpus as usize > kvm.get_nr_vcpus() {
         log::warn!(
             "--vcpus {} is more than this host's recommended {} vCPUs per VM",
@@ -284,7 +304,13 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     let vm = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
 
     // Guest memory.
-    let mem_size = cfg.mem_mib << 20;
+    let mem_size = cfg
+        .mem_mib
+        .checked_mul(1 << 20)
+        .ok_or(VmmError::TooMuchMemory {
+            asked: cfg.mem_mib,
+            host: host_memory_mib().unwrap_or(0),
+        })?;
     let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(mem_size)
         .into_iter()
         .map(|(a, s)| (GuestAddress(a), s as usize))
@@ -367,7 +393,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                     IrqchipMode::Kernel => 0,
                 },
                 host: if crate::host::is_pvm() { HOST_PVM } else { 0 },
-                ncpus: cfg.vcpus as u32,
+                ncpus: cfg.vcpus,
             },
             Box::new(|line: &str| log::info!("testdev: {line}")),
         );
@@ -407,8 +433,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         None => None,
     };
     // Platform description, both ways: MP table (X86_MPPARSE kernels) and ACPI.
-    let acpi_cfg = boot::acpi::AcpiConfig::new(cfg.vcpus);
-    boot::mptable::setup_mptable(&mem, cfg.vcpus, acpi_cfg.ioapic_id)?;
+    let acpi_cfg = boot::acpi::AcpiConfig::new(nr_vcpus);
+    boot::mptable::setup_mptable(&mem, nr_vcpus, acpi_cfg.ioapic_id)?;
     let rsdp = Some(boot::acpi::create_acpi_tables(&mem, &acpi_cfg)?.0);
     match loaded.entry {
         BootEntry::Linux64 { .. } => boot::params::write_boot_params(
@@ -429,7 +455,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
     let mut vcpus: Vec<VcpuFd> = Vec::new();
-    for id in 0..cfg.vcpus {
+    for id in 0..nr_vcpus {
         let vcpu = vm
             .create_vcpu(id as u64)
             .map_err(kvm_err("KVM_CREATE_VCPU"))?;
@@ -439,7 +465,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             template,
             VcpuTopology {
                 apic_id: id,
-                num_cpus: cfg.vcpus,
+                num_cpus: nr_vcpus,
                 tsc_khz,
             },
         );
