@@ -3,6 +3,7 @@
 mod cli;
 mod console;
 mod host;
+mod kick;
 mod vcpu;
 mod vm;
 

@@ -3,7 +3,12 @@
 use std::sync::Arc;
 
 use devices::Bus;
+use irqchip::{EoiSink, ExtIntSource};
 use kvm_ioctls::{VcpuExit, VcpuFd};
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::ioctl_iow_nr;
+
+use crate::kick::{self, Kicker};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::vm::{Outcome, Shutdown};
@@ -15,18 +20,76 @@ pub struct VcpuContext {
     pub mmio: Arc<Bus>,
     pub mem: Arc<boot::GuestMem>,
     pub shutdown: Arc<Shutdown>,
+    pub kicker: Arc<Kicker>,
+    /// Userspace 8259 output (split irqchip), consulted by the boot vCPU only.
+    pub extint: Option<Arc<dyn ExtIntSource>>,
+    /// Userspace IOAPIC EOIs (split irqchip).
+    pub eoi: Option<Arc<dyn EoiSink>>,
+}
+
+ioctl_iow_nr!(
+    KVM_INTERRUPT,
+    kvm_bindings::KVMIO,
+    0x86,
+    kvm_bindings::kvm_interrupt
+);
+
+/// Inject a pending 8259 interrupt into the boot vCPU (split irqchip), or ask KVM for an
+/// interrupt window when the vCPU cannot take it now (IF=0, interrupt shadow, an injection
+/// still pending). KVM_INTERRUPT queues the vector as an ExtINT through LINT0.
+fn service_extint(fd: &mut VcpuFd, src: &dyn ExtIntSource) {
+    if !src.extint_pending() {
+        fd.get_kvm_run().request_interrupt_window = 0;
+        return;
+    }
+    let run = fd.get_kvm_run();
+    if run.ready_for_interrupt_injection != 0 && run.if_flag != 0 {
+        run.request_interrupt_window = 0;
+        if let Some(vector) = src.extint_ack() {
+            let irq = kvm_bindings::kvm_interrupt { irq: vector as u32 };
+            // SAFETY: KVM_INTERRUPT reads one kvm_interrupt from the pointer we pass.
+            let r = unsafe { ioctl_with_ref(&*fd, KVM_INTERRUPT(), &irq) };
+            if r < 0 {
+                log::warn!(
+                    "KVM_INTERRUPT vector {vector:#x} failed: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    } else {
+        run.request_interrupt_window = 1;
+    }
 }
 
 /// How many `int3` traps irqvm injects as #BP before it gives up (a loop would hang).
 const MAX_INT3_INJECTIONS: u32 = 10_000;
 
 pub fn run_loop(mut ctx: VcpuContext) {
+    ctx.kicker.set_current(ctx.id);
+    kick::register_current(ctx.fd.get_kvm_run() as *mut _);
+    run_until_stopped(&mut ctx);
+    kick::unregister_current();
+    ctx.kicker.clear(ctx.id);
+}
+
+fn run_until_stopped(ctx: &mut VcpuContext) {
     let mut int3_injections = 0u32;
     let mut unknown_pio_logged = 0u32;
+    let extint = if ctx.id == 0 {
+        ctx.extint.clone()
+    } else {
+        None
+    };
     while !ctx.shutdown.stopping() {
+        if let Some(src) = &extint {
+            service_extint(&mut ctx.fd, src.as_ref());
+        }
         let exit = match ctx.fd.run() {
             Ok(e) => e,
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                ctx.fd.set_kvm_immediate_exit(0);
+                continue;
+            }
             Err(e) => {
                 ctx.shutdown.finish(Outcome::Failed(format!(
                     "vCPU {}: KVM_RUN failed: {e}",
@@ -79,7 +142,7 @@ pub fn run_loop(mut ctx: VcpuContext) {
                 break;
             }
             VcpuExit::InternalError => {
-                let info = internal_error(&mut ctx);
+                let info = internal_error(ctx);
                 if info.is_int3() && int3_injections < MAX_INT3_INJECTIONS {
                     int3_injections += 1;
                     match inject_breakpoint(&ctx.fd) {
@@ -98,7 +161,13 @@ pub fn run_loop(mut ctx: VcpuContext) {
                     .finish(Outcome::InternalError(info.to_string()));
                 break;
             }
-            VcpuExit::Intr => {}
+            VcpuExit::IoapicEoi(vector) => {
+                if let Some(eoi) = &ctx.eoi {
+                    eoi.ioapic_eoi(vector);
+                }
+            }
+            // The loop head injects the pending ExtINT.
+            VcpuExit::IrqWindowOpen | VcpuExit::Intr => {}
             other => {
                 log::warn!("vCPU {}: unhandled exit {other:?}", ctx.id);
             }

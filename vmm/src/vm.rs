@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::kick::Kicker;
 use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
@@ -19,14 +20,13 @@ use devices::serial::Serial;
 use devices::testdev::{TestDevConfig, TestDevice, HOST_PVM};
 use devices::{Bus, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
-use irqchip::{LineProvider, MsiSender};
+use irqchip::{EoiSink, ExtIntSource, LineProvider, MsiSender};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
-use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::cli::{CpuTemplateArg, IrqchipMode, SerialOut};
 use crate::console;
@@ -256,8 +256,6 @@ fn open_kvm(path: &std::path::Path) -> Result<Kvm, VmmError> {
     Ok(kvm)
 }
 
-extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
-
 /// Validate, build and run a VM until the guest stops it.
 pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     if cfg.vcpus == 0 {
@@ -480,15 +478,17 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         vcpus.push(vcpu);
     }
 
-    // SAFETY: the handler does nothing; it only exists so the signal interrupts KVM_RUN.
-    register_signal_handler(SIGRTMIN(), kick_handler).map_err(|e| VmmError::Io {
+    crate::kick::install_handler().map_err(|source| VmmError::Io {
         what: "registering the vCPU kick signal",
-        source: std::io::Error::from_raw_os_error(e.errno()),
+        source,
     })?;
 
     let pio = Arc::new(pio);
     let mmio = Arc::new(mmio);
     let mem = Arc::new(mem);
+    let kicker = Arc::new(Kicker::new(nr_vcpus as usize));
+    let extint: Option<Arc<dyn ExtIntSource>> = None;
+    let eoi: Option<Arc<dyn EoiSink>> = None;
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
@@ -498,6 +498,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             mmio: mmio.clone(),
             mem: mem.clone(),
             shutdown: shutdown.clone(),
+            kicker: kicker.clone(),
+            extint: extint.clone(),
+            eoi: eoi.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("vcpu{id}"))
@@ -512,12 +515,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     // The main thread serves console input until the VM stops.
     console::serve(serial, &shutdown);
 
-    // Stop every vCPU: kick with a signal until each thread has left KVM_RUN.
-    for t in &threads {
-        while !t.is_finished() {
-            let _ = t.kill(SIGRTMIN());
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    // Stop every vCPU: kick until each thread has left KVM_RUN.
+    while !threads.iter().all(|t| t.is_finished()) {
+        kicker.kick_all();
+        std::thread::sleep(Duration::from_millis(2));
     }
     for t in threads {
         if t.join().is_err() {
