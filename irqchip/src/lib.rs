@@ -6,8 +6,12 @@
 //! message-signalled interrupt). Backends (in-kernel KVM irqchip, or the userspace PIC/IOAPIC
 //! under KVM split irqchip) implement them.
 
+pub mod ioapic;
 pub mod line;
 pub mod msi;
+pub mod pic;
+pub mod ratelimit;
+pub mod stats;
 
 pub use line::{InterruptLine, LineProvider};
 pub use msi::{MsiMessage, MsiSender};
