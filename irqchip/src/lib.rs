@@ -6,9 +6,13 @@
 //! message-signalled interrupt). Backends (in-kernel KVM irqchip, or the userspace PIC/IOAPIC
 //! under KVM split irqchip) implement them.
 
+pub mod ioapic;
 pub mod kvm;
 pub mod line;
 pub mod msi;
+pub mod pic;
+pub mod ratelimit;
+pub mod stats;
 
 pub use line::{InterruptLine, LineProvider};
 
