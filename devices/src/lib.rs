@@ -2,6 +2,7 @@
 
 pub mod bus;
 pub mod debug_exit;
+pub mod irqchip_ports;
 pub mod pc_testdev;
 pub mod serial;
 pub mod testdev;

@@ -16,6 +16,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::stats::{Counter, IrqStats};
 use crate::{InterruptLine, IrqError, LineProvider, MsiMessage, MsiSender};
 
 /// Sources a GSI can have (bit per source in the wired-OR).
@@ -25,12 +26,12 @@ struct Gsi {
     irqfd: EventFd,
     /// Bit s set = source s asserts the line.
     sources: Mutex<u8>,
-    raised: AtomicU64,
 }
 
 struct Inner {
     vm: Arc<VmFd>,
     gsis: Vec<Gsi>,
+    stats: Arc<IrqStats>,
     msis: AtomicU64,
 }
 
@@ -44,7 +45,7 @@ pub struct KernelIrqchip {
 impl KernelIrqchip {
     /// Wrap a VM whose in-kernel irqchip was created (KVM_CREATE_IRQCHIP), registering one
     /// irqfd per GSI in `0..nr_gsis`.
-    pub fn new(vm: Arc<VmFd>, nr_gsis: u32) -> Result<Self, IrqError> {
+    pub fn new(vm: Arc<VmFd>, nr_gsis: u32, stats: Arc<IrqStats>) -> Result<Self, IrqError> {
         let mut gsis = Vec::with_capacity(nr_gsis as usize);
         for gsi in 0..nr_gsis {
             let irqfd =
@@ -56,13 +57,13 @@ impl KernelIrqchip {
             gsis.push(Gsi {
                 irqfd,
                 sources: Mutex::new(0),
-                raised: AtomicU64::new(0),
             });
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 vm,
                 gsis,
+                stats,
                 msis: AtomicU64::new(0),
             }),
         })
@@ -152,9 +153,12 @@ impl InterruptLine for KernelLine {
             *s &= !(1 << self.source);
         }
         let after = *s != 0;
+        if level {
+            self.inner.stats.record_source_raise(self.gsi, self.source);
+        }
         if before != after {
             if after {
-                g.raised.fetch_add(1, Ordering::Relaxed);
+                self.inner.stats.record(self.gsi, Counter::Raised);
             }
             if let Err(e) = self.inner.vm.set_irq_line(self.gsi, after) {
                 log::warn!("KVM_IRQ_LINE gsi {} level {after} failed: {e}", self.gsi);
@@ -166,10 +170,12 @@ impl InterruptLine for KernelLine {
         let Some(g) = self.gsi() else { return };
         // Wired-OR: while another source holds the line high, an edge is invisible.
         let held = *g.sources.lock().unwrap_or_else(|e| e.into_inner()) != 0;
+        self.inner.stats.record_source_raise(self.gsi, self.source);
         if held {
+            self.inner.stats.record(self.gsi, Counter::Coalesced);
             return;
         }
-        g.raised.fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.record(self.gsi, Counter::Raised);
         if let Err(e) = g.irqfd.write(1) {
             log::warn!("irqfd write for gsi {} failed: {e}", self.gsi);
         }
@@ -194,16 +200,11 @@ impl LineProvider for KernelIrqchip {
     }
 
     fn raised(&self, gsi: u32) -> u64 {
-        self.inner
-            .gsis
-            .get(gsi as usize)
-            .map_or(0, |g| g.raised.load(Ordering::Relaxed))
+        self.inner.stats.get(gsi, Counter::Raised)
     }
 
     fn reset_stats(&self) {
-        for g in &self.inner.gsis {
-            g.raised.store(0, Ordering::Relaxed);
-        }
+        self.inner.stats.reset();
         self.inner.msis.store(0, Ordering::Relaxed);
     }
 }

@@ -12,6 +12,7 @@ pub mod line;
 pub mod msi;
 pub mod pic;
 pub mod ratelimit;
+pub mod split;
 pub mod stats;
 
 pub use line::{InterruptLine, LineProvider};

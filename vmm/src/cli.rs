@@ -39,6 +39,8 @@ pub enum Command {
 pub enum IrqchipMode {
     /// KVM's in-kernel PIC, IOAPIC and local APICs.
     Kernel,
+    /// irqvm's userspace 8259A pair and IOAPIC (KVM split irqchip); local APICs in KVM.
+    Split,
 }
 
 /// Where the guest's serial console goes.
@@ -107,6 +109,11 @@ pub struct RunArgs {
     /// Guest CPUID template.
     #[arg(long, value_enum, default_value_t = CpuTemplateArg::Auto)]
     pub cpu_template: CpuTemplateArg,
+
+    /// Print host-side interrupt counters per GSI (raised, delivered, coalesced, EOIs,
+    /// spurious, throttled) on stderr when the VM stops.
+    #[arg(long)]
+    pub irq_stats: bool,
 
     /// The KVM device node.
     #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]

@@ -47,6 +47,7 @@ fn main() -> ExitCode {
                 cpu_template: args.cpu_template,
                 testdev: args.testdev,
                 kvm_device: args.kvm_device,
+                irq_stats: args.irq_stats,
             };
             finish(vm::run(cfg))
         }

@@ -15,11 +15,14 @@ use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
 use devices::debug_exit::DebugExit;
+use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
 use devices::serial::Serial;
 use devices::testdev::{TestDevConfig, TestDevice, HOST_PVM};
 use devices::{Bus, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
+use irqchip::split::SplitIrqchip;
+use irqchip::stats::IrqStats;
 use irqchip::{EoiSink, ExtIntSource, LineProvider, MsiSender};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
@@ -47,6 +50,8 @@ pub struct VmConfig {
     pub testdev: bool,
     /// The KVM device node (normally /dev/kvm).
     pub kvm_device: PathBuf,
+    /// Print the host-side interrupt counters at exit.
+    pub irq_stats: bool,
 }
 
 /// How a VM ended.
@@ -344,6 +349,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     }
 
     // Interrupt controllers.
+    let stats = Arc::new(IrqStats::new(layout::IOAPIC_PINS as u32));
+    stats.set_label(layout::SERIAL_IRQ as u32, "serial");
+    stats.set_label(2, "timer");
+    let mut split: Option<SplitIrqchip> = None;
     let (lines, msi): (Arc<dyn LineProvider>, Arc<dyn MsiSender>) = match cfg.irqchip {
         IrqchipMode::Kernel => {
             vm.create_irq_chip()
@@ -354,7 +363,12 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             };
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
             KernelIrqchip::install_platform_routes(&vm, layout::IOAPIC_PINS as u32)?;
-            let chip = KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32)?;
+            let chip = KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32, stats.clone())?;
+            (Arc::new(chip.clone()), Arc::new(chip))
+        }
+        IrqchipMode::Split => {
+            let chip = SplitIrqchip::new(vm.clone(), stats.clone())?;
+            split = Some(chip.clone());
             (Arc::new(chip.clone()), Arc::new(chip))
         }
     };
@@ -362,7 +376,21 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     // Devices.
     let shutdown = Arc::new(Shutdown::new()?);
     let mut pio = Bus::new();
-    let mmio = Bus::new();
+    let mut mmio = Bus::new();
+    if let Some(chip) = &split {
+        for base in [0x20u16, 0xa0, 0x4d0] {
+            pio.insert(
+                Arc::new(Mutex::new(PicPorts::new(chip.clone(), base))),
+                base as u64,
+                2,
+            )?;
+        }
+        mmio.insert(
+            Arc::new(Mutex::new(IoapicMmio::new(chip.clone()))),
+            layout::IOAPIC_START,
+            layout::IOAPIC_SIZE,
+        )?;
+    }
     let serial = Arc::new(Mutex::new(Serial::new(
         lines.line(layout::SERIAL_IRQ as u32, 0)?,
         serial_writer(&cfg.serial)?,
@@ -389,6 +417,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             TestDevConfig {
                 mode: match cfg.irqchip {
                     IrqchipMode::Kernel => 0,
+                    IrqchipMode::Split => 1,
                 },
                 host: if crate::host::is_pvm() { HOST_PVM } else { 0 },
                 ncpus: cfg.vcpus,
@@ -470,6 +499,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
         boot::regs::setup_msrs(&vcpu, id)?;
         boot::regs::setup_fpu(&vcpu, id)?;
+        // The local APIC is in KVM in both modes.
         boot::regs::setup_lint(&vcpu, id)?;
         if id == 0 {
             boot::regs::setup_regs(&vcpu, loaded.entry)?;
@@ -487,8 +517,12 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     let mmio = Arc::new(mmio);
     let mem = Arc::new(mem);
     let kicker = Arc::new(Kicker::new(nr_vcpus as usize));
-    let extint: Option<Arc<dyn ExtIntSource>> = None;
-    let eoi: Option<Arc<dyn EoiSink>> = None;
+    let extint: Option<Arc<dyn ExtIntSource>> =
+        split.clone().map(|c| Arc::new(c) as Arc<dyn ExtIntSource>);
+    let eoi: Option<Arc<dyn EoiSink>> = split.clone().map(|c| Arc::new(c) as Arc<dyn EoiSink>);
+    if let Some(chip) = &split {
+        chip.set_kicker(kicker.clone());
+    }
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
@@ -526,6 +560,12 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
     }
     let mut outcome = shutdown.outcome();
+    if cfg.irq_stats {
+        eprint!("{}", stats.format_table());
+        if let Some(chip) = &split {
+            eprintln!("routing table installs: {}", chip.route_installs());
+        }
+    }
     if let Some(c) = test_counts {
         use std::sync::atomic::Ordering::Relaxed;
         let failed = c.failed.load(Relaxed);
