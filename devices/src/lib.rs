@@ -1,6 +1,10 @@
 //! Guest-visible devices and the address-range bus that dispatches vCPU exits to them.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
+pub mod i8042;
+pub mod ratelimit;
 
 pub use bus::{Bus, BusDevice, BusError};
 
