@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use crate::ratelimit::RateLimiter;
 use crate::{BusDevice, ExitSink, GuestExit};
 
 /// SLP_TYP value meaning S5 (soft off); must match `\_S5_` in the DSDT.
@@ -46,7 +45,6 @@ pub struct AcpiPm {
     en: u16,
     cnt: u16,
     exit: Arc<dyn ExitSink>,
-    rl: RateLimiter,
 }
 
 impl AcpiPm {
@@ -61,7 +59,6 @@ impl AcpiPm {
             en: 0,
             cnt: 0,
             exit,
-            rl: RateLimiter::default(),
         }
     }
 
@@ -89,9 +86,9 @@ impl AcpiPm {
                 log::info!("guest entered ACPI S5 (PM1a_CNT SLP_EN, SLP_TYP {slp_typ}): power off");
                 self.exit.request_exit(GuestExit::PowerOff);
             } else {
-                crate::warn_ratelimited!(
-                    self.rl,
-                    "acpi_pm: guest requested sleep type {slp_typ}, which the DSDT does not offer; ignored"
+                irqchip::guest_warn!(
+                    "acpi_pm: guest requested sleep type {slp_typ}, which the DSDT \
+                     does not offer; ignored"
                 );
             }
         }

@@ -28,7 +28,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ratelimit::RateLimiter;
 use crate::BusDevice;
 
 const INDEX_OFFSET: u64 = 0;
@@ -158,7 +157,6 @@ pub struct Cmos {
     /// Time being edited while register B SET = 1.
     staged: Option<Tm>,
     clock: Clock,
-    rl: RateLimiter,
 }
 
 impl Cmos {
@@ -207,7 +205,6 @@ impl Cmos {
             offset: 0,
             staged: None,
             clock,
-            rl: RateLimiter::default(),
         }
     }
 
@@ -286,10 +283,9 @@ impl Cmos {
     fn commit(&mut self, t: Tm) {
         match t.to_unix() {
             Some(secs) => self.offset = secs.saturating_sub((self.clock)()),
-            None => crate::warn_ratelimited!(
-                self.rl,
-                "cmos: guest set an invalid date/time {t:?}; clock unchanged"
-            ),
+            None => {
+                irqchip::guest_warn!("cmos: guest set an invalid date/time {t:?}; clock unchanged")
+            }
         }
     }
 

@@ -33,7 +33,6 @@ use std::sync::Arc;
 
 use irqchip::InterruptLine;
 
-use crate::ratelimit::RateLimiter;
 use crate::{BusDevice, ExitSink, GuestExit};
 
 /// Most bytes waiting for the guest to read at once.
@@ -88,7 +87,6 @@ pub struct I8042 {
     kbd_pending: Option<u8>,
     out: VecDeque<OutByte>,
     last_read: u8,
-    rl: RateLimiter,
 }
 
 impl I8042 {
@@ -109,7 +107,6 @@ impl I8042 {
             kbd_pending: None,
             out: VecDeque::with_capacity(OUTPUT_QUEUE_LEN),
             last_read: 0,
-            rl: RateLimiter::default(),
         }
     }
 
@@ -157,11 +154,7 @@ impl I8042 {
 
     fn push(&mut self, b: OutByte) {
         if self.out.len() >= OUTPUT_QUEUE_LEN {
-            crate::warn_ratelimited!(
-                self.rl,
-                "i8042: output buffer full, dropping {:#x}",
-                b.value
-            );
+            irqchip::guest_warn!("i8042: output buffer full, dropping {:#x}", b.value);
             return;
         }
         self.out.push_back(b);
@@ -211,7 +204,7 @@ impl I8042 {
                     self.exit.request_exit(GuestExit::Reset);
                 }
             }
-            _ => crate::warn_ratelimited!(self.rl, "i8042: unsupported command {cmd:#x} ignored"),
+            _ => irqchip::guest_warn!("i8042: unsupported command {cmd:#x} ignored"),
         }
     }
 

@@ -3,8 +3,11 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
+pub mod debug_exit;
 pub mod i8042;
-pub mod ratelimit;
+pub mod pc_testdev;
+pub mod serial;
+pub mod testdev;
 
 pub use bus::{Bus, BusDevice, BusError};
 
