@@ -9,7 +9,7 @@
 //! | XSDT  | FADT, MADT, and MCFG when [`AcpiConfig::pci`] is set. |
 //! | FADT  | ACPI 6.5 FADT, *not* hardware-reduced: PM1a event block at [`ACPI_PM1A_EVT_PORT`] (4 bytes), PM1a control block at [`ACPI_PM1A_CNT_PORT`] (2 bytes), SCI on IRQ [`ACPI_SCI_IRQ`], no SMI command port (the machine is always in ACPI mode; the PM device reads SCI_EN as 1), no PM timer, no GPE blocks. IAPC_BOOT_ARCH: legacy devices + 8042 present, no VGA, CMOS RTC present. Flags: WBINVD, PWR_BUTTON and SLP_BUTTON (= no fixed-feature buttons), RESET_REG_SUP with the reset register = I/O port 0x64, value 0xFE (the i8042 pulse-reset command, which `devices::i8042` turns into a guest reset). CENTURY = CMOS index 0x32. X_DSDT / X_FIRMWARE_CTRL carry the addresses (32-bit fields 0, as ACPI 6.5 §5.2.9 requires when the X fields are used). |
 //! | FACS  | version 2, 64 bytes, 64-byte aligned (ACPICA wants one for a non-reduced platform). |
-//! | DSDT  | `\_S5_` = {5, 5, 0, 0} (SLP_TYP 5 + SLP_EN in PM1a_CNT = power off in `devices::acpi_pm`); one `ACPI0007` processor device per vCPU (`_UID` = MADT processor UID); COM1 (`PNP0501`, IO 0x3F8-0x3FF, IRQ 4); with [`AcpiConfig::pci`]: a PCIe host bridge `PCI0` (`PNP0A08`/`PNP0A03`, bus range, CF8 ports, I/O and 32-bit MMIO windows, `_PRT` from [`PciHostConfig::prt`]) and a `PNP0C02` motherboard device reserving the ECAM window; one `LNRO0005` device per [`VirtioMmioDevice`]. |
+//! | DSDT  | `\_S5_` = {5, 5, 0, 0} (SLP_TYP 5 + SLP_EN in PM1a_CNT = power off in `devices::acpi_pm`); one `ACPI0007` processor device per vCPU (`_UID` = MADT processor UID); COM1 (`PNP0501`, IO 0x3F8-0x3FF, IRQ 4); the CMOS RTC (`PNP0B00`, IO 0x70-0x71, IRQ 8); with [`AcpiConfig::pci`]: a PCIe host bridge `PCI0` (`PNP0A08`/`PNP0A03`, bus range, CF8 ports, I/O and 32-bit MMIO windows, `_PRT` from [`PciHostConfig::prt`]) and a `PNP0C02` motherboard device reserving the ECAM window; one `LNRO0005` device per [`VirtioMmioDevice`]. |
 //! | MADT  | local APIC at [`LAPIC_START`], PCAT_COMPAT (8259As present); a Processor Local APIC entry per vCPU (UID = APIC id = index); the I/O APIC (id [`AcpiConfig::ioapic_id`], [`IOAPIC_START`], GSI base 0); Interrupt Source Overrides ISA IRQ 0 -> GSI 2 (edge, active high) and the SCI IRQ 9 -> GSI 9 (level, active high); Local APIC NMI on LINT1 for all processors. |
 //! | MCFG  | with [`AcpiConfig::pci`]: one ECAM allocation, segment 0. |
 //!
@@ -74,6 +74,10 @@ const MPS_EDGE: u16 = 0b01 << 2;
 const MPS_LEVEL: u16 = 0b11 << 2;
 /// "All processors" in a Local APIC NMI structure.
 const ALL_PROCESSORS: u8 = 0xff;
+
+/// CMOS/RTC index port and ISA IRQ.
+const RTC_PORT: u16 = 0x70;
+const RTC_IRQ: u32 = 8;
 
 /// The GSI the PIT (ISA IRQ 0) is overridden to.
 pub const PIT_GSI: u32 = 2;
@@ -239,6 +243,20 @@ fn dsdt_aml(cfg: &AcpiConfig) -> Result<Vec<u8>, AcpiError> {
             &Name::new("_HID".into(), &EISAName::new("PNP0501")),
             &Name::new("_UID".into(), &1u8),
             &Name::new("_CRS".into(), &com1_crs),
+        ],
+    )
+    .to_aml_bytes(&mut aml);
+
+    // CMOS RTC (PNP0B00, MC146818 compatible): I/O 0x70-0x71, ISA IRQ 8. `devices::cmos`
+    // serves the ports; it raises no IRQ 8 (no alarm/periodic/update interrupts).
+    let rtc_io = IO::new(RTC_PORT, RTC_PORT, 1, 2);
+    let rtc_irq = Interrupt::new(true, true, false, false, RTC_IRQ);
+    let rtc_crs = ResourceTemplate::new(vec![&rtc_io, &rtc_irq]);
+    Device::new(
+        "\\_SB_.RTC_".into(),
+        vec![
+            &Name::new("_HID".into(), &EISAName::new("PNP0B00")),
+            &Name::new("_CRS".into(), &rtc_crs),
         ],
     )
     .to_aml_bytes(&mut aml);
@@ -951,6 +969,7 @@ mod tests {
         for needle in [
             "Name (_S5, Package",
             "PNP0501",
+            "PNP0B00",
             "ACPI0007",
             "PNP0A08",
             "_PRT",

@@ -14,7 +14,10 @@ use crate::kick::Kicker;
 use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
+use devices::acpi_pm::AcpiPm;
+use devices::cmos::Cmos;
 use devices::debug_exit::DebugExit;
+use devices::i8042::I8042;
 use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
 use devices::serial::Serial;
@@ -396,6 +399,23 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         serial_writer(&cfg.serial)?,
     )));
     pio.insert(serial.clone(), layout::SERIAL_PORT as u64, 8)?;
+    // Platform devices: ACPI PM1a (S5 power-off), i8042 (reset), CMOS/RTC.
+    pio.insert(
+        Arc::new(Mutex::new(AcpiPm::new(shutdown.clone()))),
+        layout::ACPI_PM1A_EVT_PORT as u64,
+        AcpiPm::PORT_LEN,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(I8042::new(shutdown.clone()))),
+        0x60,
+        I8042::PORT_LEN,
+    )?;
+    let below_4g = mem_size.min(layout::MMIO_HOLE_START);
+    pio.insert(
+        Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g))),
+        0x70,
+        Cmos::PORT_LEN,
+    )?;
     // QEMU-compatible exits and line control for test kernels, always present: harmless to
     // a guest that does not know them.
     pio.insert(
