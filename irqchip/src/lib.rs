@@ -11,6 +11,7 @@ pub mod line;
 pub mod msi;
 pub mod pic;
 pub mod ratelimit;
+pub mod routing;
 pub mod stats;
 
 pub use line::{InterruptLine, LineProvider};
