@@ -9,6 +9,7 @@
 pub mod ioapic;
 pub mod line;
 pub mod msi;
+pub mod msix;
 pub mod pic;
 pub mod ratelimit;
 pub mod routing;
