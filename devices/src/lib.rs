@@ -7,8 +7,10 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod irqchip_ports;
 pub mod pc_testdev;
+pub mod pci;
 pub mod serial;
 pub mod testdev;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
 

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{
     kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
-    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP, KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::routing::{GsiRouting, RouteTarget, RoutingMode, FIRST_MSI_GSI, KVM_MAX_IRQ_ROUTES};
 use crate::stats::{Counter, IrqStats};
-use crate::{InterruptLine, IrqError, LineProvider, MsiMessage, MsiSender};
+use crate::{InterruptLine, IrqError, LineProvider, MsiMessage, MsiRouteSink, MsiSender};
 
 /// Sources a GSI can have (bit per source in the wired-OR).
 pub const SOURCES_PER_GSI: u8 = 8;
@@ -33,6 +34,9 @@ struct Inner {
     gsis: Vec<Gsi>,
     stats: Arc<IrqStats>,
     msis: AtomicU64,
+    /// MSI routes (GSIs >= 24) next to the platform routes of GSIs 0..nr_gsis; the whole
+    /// table is re-installed on every change (KVM_SET_GSI_ROUTING replaces it).
+    routing: Mutex<GsiRouting>,
 }
 
 /// KVM's in-kernel PIC + IOAPIC + LAPIC, driven through irqfd, KVM_IRQ_LINE and
@@ -65,6 +69,10 @@ impl KernelIrqchip {
                 gsis,
                 stats,
                 msis: AtomicU64::new(0),
+                routing: Mutex::new(GsiRouting::new(
+                    RoutingMode::KernelIrqchip,
+                    KVM_MAX_IRQ_ROUTES,
+                )?),
             }),
         })
     }
@@ -78,6 +86,58 @@ impl KernelIrqchip {
     /// and to the PIC input of ISA IRQ g, except: KVM GSI 0 (the PIT) and 2 both go to IOAPIC
     /// pin 2 and PIC IRQ 0.
     pub fn install_platform_routes(vm: &VmFd, nr_gsis: u32) -> Result<(), IrqError> {
+        install_routes(vm, &platform_entries(nr_gsis))
+    }
+
+    /// MSIs sent so far.
+    pub fn msis_sent(&self) -> u64 {
+        self.inner.msis.load(Ordering::Relaxed)
+    }
+
+    fn install_with_msi(&self, routing: &mut GsiRouting) -> Result<(), IrqError> {
+        let Some(table) = routing.take_install() else {
+            return Ok(());
+        };
+        let nr_gsis = self.inner.gsis.len() as u32;
+        let mut entries = platform_entries(nr_gsis);
+        for e in table.iter().filter(|e| e.gsi >= FIRST_MSI_GSI) {
+            if let RouteTarget::Msi(m) = e.target {
+                entries.push(msi_entry(e.gsi, m));
+            }
+        }
+        install_routes(&self.inner.vm, &entries).inspect_err(|_| routing.mark_dirty())
+    }
+}
+
+/// A KVM MSI routing entry for `gsi`.
+pub(crate) fn msi_entry(gsi: u32, m: MsiMessage) -> kvm_irq_routing_entry {
+    let mut e = kvm_irq_routing_entry {
+        gsi,
+        type_: KVM_IRQ_ROUTING_MSI,
+        ..Default::default()
+    };
+    e.u.msi.address_lo = m.address as u32;
+    e.u.msi.address_hi = (m.address >> 32) as u32;
+    e.u.msi.data = m.data;
+    e
+}
+
+/// KVM_SET_GSI_ROUTING with `entries` (the whole table).
+pub(crate) fn install_routes(vm: &VmFd, entries: &[kvm_irq_routing_entry]) -> Result<(), IrqError> {
+    let routing = KvmIrqRouting::from_entries(entries).map_err(|_| IrqError::Kvm {
+        what: "building the GSI routing table",
+        source: std::io::Error::from_raw_os_error(libc::E2BIG),
+    })?;
+    vm.set_gsi_routing(&routing).map_err(|e| IrqError::Kvm {
+        what: "KVM_SET_GSI_ROUTING",
+        source: std::io::Error::from_raw_os_error(e.errno()),
+    })
+}
+
+/// The platform part of the in-kernel routing table (see
+/// [`KernelIrqchip::install_platform_routes`]).
+fn platform_entries(nr_gsis: u32) -> Vec<kvm_irq_routing_entry> {
+    {
         let mut entries = Vec::new();
         let chip = |gsi: u32, irqchip: u32, pin: u32| {
             let mut e = kvm_irq_routing_entry {
@@ -103,19 +163,35 @@ impl KernelIrqchip {
         }
         // KVM GSI 0 is the in-kernel PIT: ISA IRQ 0 on the PIC.
         entries.push(chip(0, KVM_IRQCHIP_PIC_MASTER, 0));
-        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Kvm {
-            what: "building the GSI routing table",
-            source: std::io::Error::from_raw_os_error(libc::E2BIG),
-        })?;
-        vm.set_gsi_routing(&routing).map_err(|e| IrqError::Kvm {
-            what: "KVM_SET_GSI_ROUTING",
-            source: std::io::Error::from_raw_os_error(e.errno()),
-        })
+        entries
+    }
+}
+
+impl MsiRouteSink for KernelIrqchip {
+    fn alloc_msi_gsi(&self, msg: MsiMessage) -> Result<u32, IrqError> {
+        let mut r = self.inner.routing.lock().unwrap_or_else(|e| e.into_inner());
+        let gsi = r.alloc_msi(msg)?;
+        if let Err(e) = self.install_with_msi(&mut r) {
+            let _ = r.free(gsi);
+            return Err(e);
+        }
+        Ok(gsi)
     }
 
-    /// MSIs sent so far.
-    pub fn msis_sent(&self) -> u64 {
-        self.inner.msis.load(Ordering::Relaxed)
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
+        let mut r = self.inner.routing.lock().unwrap_or_else(|e| e.into_inner());
+        r.update_msi(gsi, msg)?;
+        self.install_with_msi(&mut r)
+    }
+
+    fn register_irqfd(&self, gsi: u32, fd: &EventFd) -> Result<(), IrqError> {
+        self.inner
+            .vm
+            .register_irqfd(fd, gsi)
+            .map_err(|e| IrqError::Kvm {
+                what: "KVM_IRQFD",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })
     }
 }
 

@@ -40,6 +40,29 @@ pub trait VcpuKicker: Send + Sync {
 }
 pub use msi::{MsiMessage, MsiSender};
 
+/// Where MSI/MSI-X vectors get GSI routes and irqfds (KVM_SET_GSI_ROUTING + KVM_IRQFD).
+///
+/// KVM_SET_GSI_ROUTING replaces the *whole* table, so each backend owns exactly one table
+/// holding its IOAPIC/PIC routes (GSIs 0..=23) and the MSI routes (GSIs >= 24) handed out
+/// here. Order of operations a device uses, and why:
+/// 1. [`alloc_msi_gsi`](Self::alloc_msi_gsi) installs the route *before*
+///    2. [`register_irqfd`](Self::register_irqfd) binds the eventfd, so the irqfd never exists
+///    without a route (KVM would drop its signals).
+/// 3. When the guest rewrites a vector's address/data, [`set_msi_route`](Self::set_msi_route)
+///    re-installs the table synchronously (KVM switches routes under SRCU and updates every
+///    irqfd's cached route before the ioctl returns), and only then does the device fire any
+///    interrupt that became deliverable, so it reaches the new destination. A signal racing
+///    with the update reaches either the old or the new destination, never neither.
+pub trait MsiRouteSink: Send + Sync {
+    /// Allocate the lowest free GSI >= 24, route it to `msg` and install the table.
+    fn alloc_msi_gsi(&self, msg: MsiMessage) -> Result<u32, IrqError>;
+    /// Point allocated GSI `gsi` at `msg` (installs the table if it changed).
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError>;
+    /// Bind `fd` as an irqfd to `gsi`: each write injects the routed MSI in the kernel.
+    fn register_irqfd(&self, gsi: u32, fd: &vmm_sys_util::eventfd::EventFd)
+        -> Result<(), IrqError>;
+}
+
 /// Errors raised while delivering interrupts.
 #[derive(Debug, thiserror::Error)]
 pub enum IrqError {
@@ -51,6 +74,8 @@ pub enum IrqError {
         #[source]
         source: std::io::Error,
     },
+    #[error("GSI routing: {0}")]
+    Routing(#[from] routing::RoutingError),
     #[error("KVM refused the interrupt request ({what})")]
     Kvm {
         what: &'static str,

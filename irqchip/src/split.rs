@@ -26,19 +26,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use kvm_bindings::{
-    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI,
-};
+use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KVM_CAP_SPLIT_IRQCHIP};
 use kvm_ioctls::VmFd;
 
 use crate::ioapic::{Ioapic, IoapicEffects, IoapicFault};
-use crate::kvm::{pic_irq_for_gsi, SOURCES_PER_GSI};
+use crate::kvm::{install_routes, msi_entry, pic_irq_for_gsi, SOURCES_PER_GSI};
 use crate::pic::PicPair;
+use crate::routing::{GsiRouting, RouteTarget, RoutingMode, FIRST_MSI_GSI, KVM_MAX_IRQ_ROUTES};
 use crate::stats::{Counter, IrqStats};
 use crate::{
     guest_warn, EoiSink, ExtIntSource, InterruptLine, IrqError, LineProvider, MsiMessage,
-    MsiSender, VcpuKicker,
+    MsiRouteSink, MsiSender, VcpuKicker,
 };
 
 /// IOAPIC pins, and the GSIs reserved for them.
@@ -57,6 +55,9 @@ struct State {
     sources: [u8; IOAPIC_PINS as usize],
     /// The MSI routes last installed for GSIs 0..24.
     routes: Option<[MsiMessage; IOAPIC_PINS as usize]>,
+    /// Device MSI/MSI-X routes (GSIs >= 24, [`MsiRouteSink`]); they share the one KVM table
+    /// with the pin routes, so [`SplitIrqchip::sync_routes`] installs both.
+    msi: GsiRouting,
 }
 
 struct Inner {
@@ -106,6 +107,7 @@ impl SplitIrqchip {
                     ioapic,
                     sources: [0; IOAPIC_PINS as usize],
                     routes: None,
+                    msi: GsiRouting::new(RoutingMode::SplitIrqchip, KVM_MAX_IRQ_ROUTES)?,
                 }),
                 stats,
                 kicker: OnceLock::new(),
@@ -161,32 +163,24 @@ impl SplitIrqchip {
             *m = st.ioapic.route_for_pin(pin as u8).unwrap_or_default();
         }
         let _ = st.ioapic.take_dirty_routes();
-        if st.routes == Some(want) {
+        if st.routes == Some(want) && !st.msi.is_dirty() {
             return Ok(());
         }
-        let entries: Vec<kvm_irq_routing_entry> = want
+        let mut entries: Vec<kvm_irq_routing_entry> = want
             .iter()
             .enumerate()
-            .map(|(gsi, m)| {
-                let mut e = kvm_irq_routing_entry {
-                    gsi: gsi as u32,
-                    type_: KVM_IRQ_ROUTING_MSI,
-                    ..Default::default()
-                };
-                e.u.msi.address_lo = m.address as u32;
-                e.u.msi.address_hi = (m.address >> 32) as u32;
-                e.u.msi.data = m.data;
-                e
-            })
+            .map(|(gsi, m)| msi_entry(gsi as u32, *m))
             .collect();
-        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Kvm {
-            what: "building the GSI routing table",
-            source: std::io::Error::from_raw_os_error(libc::E2BIG),
-        })?;
-        self.inner
-            .vm
-            .set_gsi_routing(&routing)
-            .map_err(kvm_io("KVM_SET_GSI_ROUTING"))?;
+        let msi_table = st.msi.take_install().unwrap_or_else(|| st.msi.entries());
+        for e in msi_table.iter().filter(|e| e.gsi >= FIRST_MSI_GSI) {
+            if let RouteTarget::Msi(m) = e.target {
+                entries.push(msi_entry(e.gsi, m));
+            }
+        }
+        if let Err(e) = install_routes(&self.inner.vm, &entries) {
+            st.msi.mark_dirty();
+            return Err(e);
+        }
         self.inner.route_installs.fetch_add(1, Ordering::Relaxed);
         st.routes = Some(want);
         Ok(())
@@ -403,6 +397,35 @@ impl MsiSender for SplitIrqchip {
     fn send_msi(&self, msg: MsiMessage) -> Result<(), IrqError> {
         self.signal_msi(msg);
         Ok(())
+    }
+}
+
+impl MsiRouteSink for SplitIrqchip {
+    fn alloc_msi_gsi(&self, msg: MsiMessage) -> Result<u32, IrqError> {
+        let mut st = self.lock();
+        let gsi = st.msi.alloc_msi(msg)?;
+        if let Err(e) = self.sync_routes(&mut st) {
+            let _ = st.msi.free(gsi);
+            return Err(e);
+        }
+        Ok(gsi)
+    }
+
+    fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
+        let mut st = self.lock();
+        st.msi.update_msi(gsi, msg)?;
+        self.sync_routes(&mut st)
+    }
+
+    fn register_irqfd(
+        &self,
+        gsi: u32,
+        fd: &vmm_sys_util::eventfd::EventFd,
+    ) -> Result<(), IrqError> {
+        self.inner
+            .vm
+            .register_irqfd(fd, gsi)
+            .map_err(kvm_io("KVM_IRQFD"))
     }
 }
 
