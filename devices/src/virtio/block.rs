@@ -175,7 +175,7 @@ impl Block {
     /// Byte offset of a `len`-byte transfer at `sector`, if it is whole sectors on the disk.
     fn check_range(&self, sector: u64, len: usize) -> Option<u64> {
         let len = len as u64;
-        if len % SECTOR_SIZE != 0 || len as usize > MAX_REQUEST_BYTES {
+        if !len.is_multiple_of(SECTOR_SIZE) || len as usize > MAX_REQUEST_BYTES {
             guest_warn!("virtio-blk: {len}-byte transfer is not whole sectors or too large");
             return None;
         }

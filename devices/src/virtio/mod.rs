@@ -158,6 +158,8 @@ pub struct QueueResult {
     pub notify: bool,
     /// The device entered NEEDS_RESET: raise a configuration-change interrupt.
     pub config_changed: bool,
+    /// Used entries added.
+    pub completed: u32,
 }
 
 impl VirtioCore {
@@ -288,6 +290,7 @@ impl VirtioCore {
         QueueResult {
             notify: false,
             config_changed: true,
+            completed: 0,
         }
     }
 
@@ -315,10 +318,7 @@ impl VirtioCore {
             return self.needs_reset();
         }
         let mut added = 0u32;
-        loop {
-            let Some(q) = self.queues.get_mut(idx) else {
-                break;
-            };
+        while let Some(q) = self.queues.get_mut(idx) {
             if q.disable_notification(&mem).is_err() {
                 return self.needs_reset();
             }
@@ -365,6 +365,7 @@ impl VirtioCore {
         QueueResult {
             notify,
             config_changed: false,
+            completed: added,
         }
     }
 
