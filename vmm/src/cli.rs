@@ -123,6 +123,15 @@ pub struct RunArgs {
     /// test kernel.
     #[arg(long)]
     pub testdev: bool,
+
+    /// A virtio-blk disk backed by a raw file (repeatable):
+    /// path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M].
+    #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_disk)]
+    pub disk: Vec<crate::pci_setup::DiskSpec>,
+
+    /// Transport for virtio devices.
+    #[arg(long, value_enum, default_value_t = crate::pci_setup::VirtioTransportArg::Pci)]
+    pub virtio_transport: crate::pci_setup::VirtioTransportArg,
 }
 
 /// The default kernel command line: serial console, ACPI power control, no kernel-side

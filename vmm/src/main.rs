@@ -4,6 +4,7 @@ mod cli;
 mod console;
 mod host;
 mod kick;
+mod pci_setup;
 mod vcpu;
 mod vm;
 
@@ -48,6 +49,8 @@ fn main() -> ExitCode {
                 testdev: args.testdev,
                 kvm_device: args.kvm_device,
                 irq_stats: args.irq_stats,
+                disks: args.disk,
+                virtio_transport: args.virtio_transport,
             };
             finish(vm::run(cfg))
         }

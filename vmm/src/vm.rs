@@ -26,7 +26,7 @@ use devices::{Bus, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
 use irqchip::split::SplitIrqchip;
 use irqchip::stats::IrqStats;
-use irqchip::{EoiSink, ExtIntSource, LineProvider, MsiSender};
+use irqchip::{EoiSink, ExtIntSource, LineProvider, MsiRouteSink, MsiSender};
 use kvm_bindings::{
     kvm_pit_config, kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
@@ -55,6 +55,9 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Print the host-side interrupt counters at exit.
     pub irq_stats: bool,
+    /// virtio-blk disks (`--disk`) and their transport.
+    pub disks: Vec<crate::pci_setup::DiskSpec>,
+    pub virtio_transport: crate::pci_setup::VirtioTransportArg,
 }
 
 /// How a VM ended.
@@ -139,6 +142,8 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Virtio(#[from] crate::pci_setup::PciSetupError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -356,7 +361,12 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     stats.set_label(layout::SERIAL_IRQ as u32, "serial");
     stats.set_label(2, "timer");
     let mut split: Option<SplitIrqchip> = None;
-    let (lines, msi): (Arc<dyn LineProvider>, Arc<dyn MsiSender>) = match cfg.irqchip {
+    #[allow(clippy::type_complexity)]
+    let (lines, msi, msi_routes): (
+        Arc<dyn LineProvider>,
+        Arc<dyn MsiSender>,
+        Arc<dyn MsiRouteSink>,
+    ) = match cfg.irqchip {
         IrqchipMode::Kernel => {
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
@@ -367,12 +377,20 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
             KernelIrqchip::install_platform_routes(&vm, layout::IOAPIC_PINS as u32)?;
             let chip = KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32, stats.clone())?;
-            (Arc::new(chip.clone()), Arc::new(chip))
+            (
+                Arc::new(chip.clone()),
+                Arc::new(chip.clone()),
+                Arc::new(chip),
+            )
         }
         IrqchipMode::Split => {
             let chip = SplitIrqchip::new(vm.clone(), stats.clone())?;
             split = Some(chip.clone());
-            (Arc::new(chip.clone()), Arc::new(chip))
+            (
+                Arc::new(chip.clone()),
+                Arc::new(chip.clone()),
+                Arc::new(chip),
+            )
         }
     };
 
@@ -452,6 +470,17 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         )?;
     }
 
+    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
+    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
+        vm: &vm,
+        mem: &mem,
+        lines: lines.as_ref(),
+        routes: msi_routes,
+        disks: &cfg.disks,
+        transport: cfg.virtio_transport,
+    })?;
+    virtio.register(&mut pio, &mut mmio)?;
+
     // Kernel, initrd, command line, boot protocol data.
     let kernel_path = cfg.kernel.display().to_string();
     let loaded = boot::load_kernel(&mem, &kernel_path)?;
@@ -480,8 +509,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         None => None,
     };
     // Platform description, both ways: MP table (X86_MPPARSE kernels) and ACPI.
-    let acpi_cfg = boot::acpi::AcpiConfig::new(nr_vcpus);
-    boot::mptable::setup_mptable(&mem, nr_vcpus, acpi_cfg.ioapic_id)?;
+    let mut acpi_cfg = boot::acpi::AcpiConfig::new(nr_vcpus);
+    virtio.apply_acpi(&mut acpi_cfg);
+    virtio.write_mptable(&mem, nr_vcpus, acpi_cfg.ioapic_id)?;
     let rsdp = Some(boot::acpi::create_acpi_tables(&mem, &acpi_cfg)?.0);
     match loaded.entry {
         BootEntry::Linux64 { .. } => boot::params::write_boot_params(
@@ -580,8 +610,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
     }
     let mut outcome = shutdown.outcome();
+    virtio.stop();
     if cfg.irq_stats {
         eprint!("{}", stats.format_table());
+        eprint!("{}", virtio.format_stats());
         if let Some(chip) = &split {
             eprintln!("routing table installs: {}", chip.route_installs());
         }

@@ -201,7 +201,10 @@ impl VirtioPci {
                 continue;
             };
             if let Err(e) = self.routes.set_msi_route(v.gsi, msg) {
-                log::error!("virtio-pci: re-routing MSI-X vector {k} (GSI {}) failed: {e}", v.gsi);
+                log::error!(
+                    "virtio-pci: re-routing MSI-X vector {k} (GSI {}) failed: {e}",
+                    v.gsi
+                );
             }
         }
         for (k, _) in fx.fire {
@@ -449,9 +452,7 @@ impl PciDevice for VirtioPci {
                 }
             }
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE).contains(&o) => {
-                self.core
-                    .backend
-                    .read_config(o - DEVICE_CFG_OFFSET, data)
+                self.core.backend.read_config(o - DEVICE_CFG_OFFSET, data)
             }
             o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
                 self.msix.table_read(o - MSIX_TABLE_OFFSET, data)
@@ -471,9 +472,7 @@ impl PciDevice for VirtioPci {
         match offset {
             o if o < COMMON_OFFSET + COMMON_SIZE => self.common_write(o, data),
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE).contains(&o) => {
-                self.core
-                    .backend
-                    .write_config(o - DEVICE_CFG_OFFSET, data)
+                self.core.backend.write_config(o - DEVICE_CFG_OFFSET, data)
             }
             o if (NOTIFY_OFFSET..NOTIFY_OFFSET + nq * u64::from(NOTIFY_MULTIPLIER))
                 .contains(&o) =>
@@ -623,7 +622,10 @@ mod tests {
     fn vendor_capabilities_describe_common_notify_isr_and_device_structures() {
         let (d, _, _) = device();
         let caps = find_cap(&d, CAP_ID_VENDOR);
-        let types: Vec<u8> = caps.iter().map(|p| (d.cfg.read_u32(*p) >> 24) as u8).collect();
+        let types: Vec<u8> = caps
+            .iter()
+            .map(|p| (d.cfg.read_u32(*p) >> 24) as u8)
+            .collect();
         assert_eq!(types, vec![CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE]);
         let notify = caps[1];
         assert_eq!(d.cfg.read_u32(notify + 8), NOTIFY_OFFSET as u32);
@@ -635,7 +637,11 @@ mod tests {
     fn msix_capability_reports_table_size_and_bir_offsets() {
         let (d, _, _) = device();
         let p = find_cap(&d, CAP_ID_MSIX)[0];
-        assert_eq!(d.cfg.read_u16(p + 2) & 0x7FF, 1, "2 vectors: queue + config");
+        assert_eq!(
+            d.cfg.read_u16(p + 2) & 0x7FF,
+            1,
+            "2 vectors: queue + config"
+        );
         assert_eq!(d.cfg.read_u32(p + 4), MSIX_TABLE_OFFSET as u32);
         assert_eq!(d.cfg.read_u32(p + 8), MSIX_PBA_OFFSET as u32);
     }
@@ -665,7 +671,11 @@ mod tests {
         d.core.queue_vectors[0] = 0;
         d.signal_queue(0);
         d.signal_queue(0);
-        assert_eq!(d.vectors[0].evt.read().unwrap(), 2, "two signals coalesce into one read");
+        assert_eq!(
+            d.vectors[0].evt.read().unwrap(),
+            2,
+            "two signals coalesce into one read"
+        );
         assert!(!*line.level.lock().unwrap(), "INTx unused with MSI-X");
     }
 
@@ -677,7 +687,10 @@ mod tests {
         d.core.queue_vectors[0] = 0;
         d.signal_queue(0);
         d.signal_queue(0);
-        assert!(d.vectors[0].evt.read().is_err(), "nothing fired while masked");
+        assert!(
+            d.vectors[0].evt.read().is_err(),
+            "nothing fired while masked"
+        );
         let mut pba = [0u8; 8];
         d.bar_read(0, MSIX_PBA_OFFSET, &mut pba);
         assert_eq!(pba[0], 1);
@@ -731,7 +744,10 @@ mod tests {
         assert!(!*line.level.lock().unwrap());
         assert!(d.cfg.interrupt_status());
         d.config_write(COMMAND, &0u16.to_le_bytes());
-        assert!(*line.level.lock().unwrap(), "clearing the disable bit asserts the pending pin");
+        assert!(
+            *line.level.lock().unwrap(),
+            "clearing the disable bit asserts the pending pin"
+        );
     }
 
     #[test]
