@@ -84,6 +84,8 @@ pub struct GsiSnapshot {
     pub eoi: u64,
     pub spurious: u64,
     pub throttled: u64,
+    /// Raises per named source 0..=7.
+    pub source_raised: [u64; SOURCES_PER_GSI],
 }
 
 impl GsiSnapshot {
@@ -112,7 +114,21 @@ impl GsiSnapshot {
 
     /// Whether every counter is zero.
     pub fn is_zero(&self) -> bool {
-        Counter::ALL.iter().all(|c| self.get(*c) == 0)
+        Counter::ALL.iter().all(|c| self.get(*c) == 0) && self.source_raised.iter().all(|n| *n == 0)
+    }
+
+    /// `s0=N,s3=M` for the sources with a non-zero count (empty if none).
+    fn sources_text(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.source_raised.iter().enumerate() {
+            if *n != 0 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                let _ = write!(out, "s{i}={n}");
+            }
+        }
+        out
     }
 }
 
@@ -210,6 +226,9 @@ impl IrqStats {
         for c in Counter::ALL {
             s.set(c, self.get(gsi, c));
         }
+        for (src, slot) in s.source_raised.iter_mut().enumerate() {
+            *slot = self.source_raised(gsi, src as u8);
+        }
         s
     }
 
@@ -227,7 +246,7 @@ impl IrqStats {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>5} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  NAME",
+            "{:>5} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  NAME [SOURCES]",
             "GSI", "RAISED", "DELIVERED", "COALESCED", "EOI", "SPURIOUS", "THROTTLED"
         );
         for s in self.snapshot() {
@@ -235,17 +254,23 @@ impl IrqStats {
                 .get(s.gsi as usize)
                 .and_then(|l| l.as_deref())
                 .unwrap_or("");
-            let _ = writeln!(
+            let sources = s.sources_text();
+            let _ = write!(
                 out,
                 "{:>4}: {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  {}",
                 s.gsi, s.raised, s.delivered, s.coalesced, s.eoi, s.spurious, s.throttled, label
             );
+            if !sources.is_empty() {
+                let _ = write!(out, " [{sources}]");
+            }
+            out.push('\n');
         }
         out
     }
 
-    /// One `irqstat gsi=N raised=.. delivered=.. coalesced=.. eoi=.. spurious=.. throttled=..`
-    /// line per GSI with a non-zero count; read back with [`parse_parseable`].
+    /// One `irqstat gsi=N raised=.. delivered=.. coalesced=.. eoi=.. spurious=.. throttled=..
+    /// sources=n0,..,n7` line per GSI with a non-zero count; read back with
+    /// [`parse_parseable`].
     pub fn format_parseable(&self) -> String {
         let mut out = String::new();
         for s in self.snapshot() {
@@ -253,6 +278,8 @@ impl IrqStats {
             for c in Counter::ALL {
                 let _ = write!(out, " {}={}", c.name(), s.get(c));
             }
+            let sources: Vec<String> = s.source_raised.iter().map(u64::to_string).collect();
+            let _ = write!(out, " sources={}", sources.join(","));
             out.push('\n');
         }
         out
@@ -284,6 +311,15 @@ pub fn parse_parseable(text: &str) -> Result<Vec<GsiSnapshot>, StatsParseError> 
                 line: i + 1,
                 field: w.to_string(),
             })?;
+            if k == "sources" {
+                for (slot, n) in snap.source_raised.iter_mut().zip(v.split(',')) {
+                    *slot = n.parse().map_err(|_| StatsParseError::BadField {
+                        line: i + 1,
+                        field: w.to_string(),
+                    })?;
+                }
+                continue;
+            }
             let v: u64 = v.parse().map_err(|_| StatsParseError::BadField {
                 line: i + 1,
                 field: w.to_string(),
@@ -338,7 +374,11 @@ mod tests {
         s.record_source_raise(10, 7);
         assert_eq!(s.source_raised(10, 7), 2);
         assert_eq!(s.source_raised(10, 0), 1);
-        assert_eq!(s.get(10, Counter::Raised), 0, "line raises are recorded by the backend");
+        assert_eq!(
+            s.get(10, Counter::Raised),
+            0,
+            "line raises are recorded by the backend"
+        );
     }
 
     #[test]
@@ -356,23 +396,33 @@ mod tests {
         let s = IrqStats::new(24);
         s.record(4, Counter::Delivered);
         s.record(9, Counter::Spurious);
+        s.record_source_raise(4, 2);
         s.set_label(4, "serial");
         let t = s.format_table();
         assert_eq!(t.lines().count(), 3, "{t}");
-        assert!(t.lines().nth(1).is_some_and(|l| l.contains("serial")));
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with("serial [s2=1]")),
+            "{t}"
+        );
         assert!(t.lines().next().is_some_and(|l| l.contains("THROTTLED")));
     }
 
     #[test]
     fn parseable_form_round_trips() {
         let s = IrqStats::new(64);
+        s.record_source_raise(3, 6);
+        s.record_source_raise(50, 0);
         s.add(3, Counter::Raised, 7);
         s.add(3, Counter::Coalesced, 2);
         s.add(40, Counter::Eoi, 1);
         let parsed = parse_parseable(&s.format_parseable()).unwrap();
         assert_eq!(parsed, s.snapshot());
-        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed.len(), 3);
         assert_eq!(parsed[0].coalesced, 2);
+        assert_eq!(parsed[0].source_raised[6], 1);
+        assert_eq!(parsed[2].source_raised[0], 1);
     }
 
     #[test]
