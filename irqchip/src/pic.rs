@@ -25,8 +25,9 @@
 //!   priority base; an unmasked request interrupts when its priority is strictly higher than
 //!   the highest in-service level. In **special mask mode** in-service levels that are masked
 //!   in the IMR do not block anything. In **special fully nested mode** (SFNM, master only) a
-//!   request on an IR that has a slave (ICW3) is recognised even while that IR is in service,
-//!   so a higher-priority slave interrupt can nest.
+//!   request on the cascade input IR2 is recognised even while IR2 is in service, so a
+//!   higher-priority slave interrupt can nest. ICW3 is checked against the PC wiring (slave on
+//!   master IR2, slave ID 2) and a mismatch is only logged: the wiring cannot change.
 //! * **INTA** ("Interrupt Sequence"): [`PicPair::inta`] sets the highest request's ISR bit and
 //!   clears its IRR bit (a level line that is still high re-requests at once, blocked by its
 //!   own ISR bit); if the master serves IR2 the slave supplies the vector. If the request
@@ -206,8 +207,11 @@ impl Pic8259 {
         }
     }
 
+    /// Whether a slave hangs off `ir`. The PC wiring fixes the only slave on IR2; a master
+    /// ICW3 claiming others is logged and otherwise ignored (there is nothing to answer an
+    /// INTA on those inputs).
     fn has_slave(&self, ir: u8) -> bool {
-        !self.single && (ir == CASCADE_IRQ || self.icw3 & (1 << ir) != 0)
+        !self.single && ir == CASCADE_IRQ
     }
 
     /// INT output.
@@ -1235,6 +1239,21 @@ mod tests {
         pulse(&mut p, 9);
         assert!(p.interrupt_pending());
         assert_eq!(p.inta(), 0x29);
+    }
+
+    #[test]
+    fn sfnm_does_not_let_a_non_cascade_level_line_nest_into_itself() {
+        // ICW3 claims a slave on IR4; there is none, so IR4 keeps fully nested rules.
+        let mut p = PicPair::new();
+        p.write(0x20, 0x11);
+        p.write(0x21, 0x20);
+        p.write(0x21, 0x14);
+        p.write(0x21, 0x11);
+        p.write(0x21, 0x00);
+        p.write(ELCR_MASTER, 1 << 4);
+        p.set_irq(4, true);
+        assert_eq!(p.inta(), 0x24);
+        assert!(!p.interrupt_pending());
     }
 
     #[test]
