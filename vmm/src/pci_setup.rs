@@ -138,11 +138,13 @@ pub enum PciSetupError {
 }
 
 type Subscriber = Box<dyn MutEventSubscriber + Send>;
+/// A bus device with its base and length.
+type BusRange = (Arc<Mutex<dyn BusDevice>>, u64, u64);
 
 /// What `vm.rs` needs from the PCI/virtio setup.
 pub struct VirtioDevices {
-    pio: Vec<(Arc<Mutex<dyn BusDevice>>, u64, u64)>,
-    mmio: Vec<(Arc<Mutex<dyn BusDevice>>, u64, u64)>,
+    pio: Vec<BusRange>,
+    mmio: Vec<BusRange>,
     pci: Option<PciHostConfig>,
     mmio_acpi: Vec<VirtioMmioDevice>,
     intx: Vec<(u8, u8)>,

@@ -614,6 +614,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     if cfg.irq_stats {
         eprint!("{}", stats.format_table());
         eprint!("{}", virtio.format_stats());
+        if cfg.irqchip == IrqchipMode::Kernel {
+            eprintln!("(--irqchip kernel: KVM delivers and EOIs in the kernel; irqvm sees only what it raised)");
+        }
         if let Some(chip) = &split {
             eprintln!("routing table installs: {}", chip.route_installs());
         }
