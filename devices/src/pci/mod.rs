@@ -3,7 +3,9 @@
 //!
 //! * Configuration mechanism #1 (PCI Local Bus 3.0, 3.2.2.3.2): CONFIG_ADDRESS at 0xCF8 (dword
 //!   accesses only; bit 31 enable, bus 23:16, device 15:11, function 10:8, register 7:2) and
-//!   CONFIG_DATA at 0xCFC..0xCFF ([`PciConfigIo`], a bus device of 8 ports at 0xCF8).
+//!   CONFIG_DATA at 0xCFC..0xCFF ([`PciConfigIo`], a bus device of 8 ports at 0xCF8). Bits
+//!   27:24 carry register bits 11:8 (the AMD extension Linux's `pci_conf1` uses to reach
+//!   extended configuration space without ECAM).
 //! * ECAM (PCI Express 4.0, 7.2.2): 4 KiB per function at `bus << 20 | device << 15 |
 //!   function << 12` from `PCI_ECAM_START` ([`PciEcam`]), announced by the ACPI MCFG table.
 //! * BAR decoding ([`PciMmioWindow`]): one bus device over the 32-bit PCI MMIO window; an
@@ -252,7 +254,8 @@ impl PciConfigIo {
         let bus = (self.address >> 16) as u8;
         let dev = ((self.address >> 11) & 0x1F) as u8;
         let func = ((self.address >> 8) & 0x7) as u8;
-        let reg = (self.address & 0xFC) as usize + data_offset as usize;
+        let reg = (((self.address >> 16) & 0xF00) | (self.address & 0xFC)) as usize
+            + data_offset as usize;
         Some((bus, dev, func, reg))
     }
 }
@@ -282,8 +285,8 @@ impl BusDevice for PciConfigIo {
             0 if data.len() == 4 => {
                 let mut b = [0u8; 4];
                 b.copy_from_slice(data);
-                // Bits 30:24 reserved and 1:0 fixed 0.
-                self.address = u32::from_le_bytes(b) & 0x80FF_FFFC;
+                // Bits 30:28 reserved and 1:0 fixed 0.
+                self.address = u32::from_le_bytes(b) & 0x8FFF_FFFC;
             }
             4..=7 => {
                 let off = offset - 4;
@@ -444,10 +447,19 @@ mod tests {
         io.write(0, &0xFFFF_FFFFu32.to_le_bytes());
         let mut b = [0u8; 4];
         io.read(0, &mut b);
-        assert_eq!(u32::from_le_bytes(b), 0x80FF_FFFC);
+        assert_eq!(u32::from_le_bytes(b), 0x8FFF_FFFC);
         io.write(3, &[0x01]);
         io.read(0, &mut b);
-        assert_eq!(u32::from_le_bytes(b), 0x80FF_FFFC);
+        assert_eq!(u32::from_le_bytes(b), 0x8FFF_FFFC);
+    }
+
+    #[test]
+    fn config_address_bits_27_24_reach_extended_config_space() {
+        let root = Arc::new(PciRoot::new());
+        let mut io = PciConfigIo::new(root);
+        // Register 0x100 of 00:00.0: extended space, reads 0 (no extended capabilities).
+        io.write(0, &(0x8000_0000u32 | 1 << 24).to_le_bytes());
+        assert_eq!(read_cfc(&mut io), 0);
     }
 
     #[test]

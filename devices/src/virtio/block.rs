@@ -326,6 +326,11 @@ impl VirtioBackend for Block {
                 s.copy_from_slice(&h[8..16]);
                 let req_type = u32::from_le_bytes(t);
                 let sector = u64::from_le_bytes(s);
+                log::debug!(
+                    "virtio-blk: request type {req_type} sector {sector}, {} bytes in, {} out",
+                    reader.available_bytes(),
+                    writer.available_bytes()
+                );
                 self.execute(req_type, sector, &mut reader, &mut writer)
             }
             Err(_) => {
@@ -334,6 +339,10 @@ impl VirtioBackend for Block {
                 S_IOERR
             }
         };
+        log::debug!(
+            "virtio-blk: request done, status {status}, {} bytes to the driver",
+            writer.bytes_written()
+        );
         if status_w.write_all(&[status]).is_err() {
             return 0;
         }

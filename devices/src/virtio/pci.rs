@@ -49,6 +49,7 @@ const CAP_COMMON: u8 = 1;
 const CAP_NOTIFY: u8 = 2;
 const CAP_ISR: u8 = 3;
 const CAP_DEVICE: u8 = 4;
+const CAP_PCI_CFG: u8 = 5;
 
 /// ISR bits (4.1.4.5).
 pub const ISR_QUEUE: u8 = 1;
@@ -79,6 +80,8 @@ pub struct VirtioPci {
     core: VirtioCore,
     msix: MsixTable,
     msix_cap: usize,
+    /// VIRTIO_PCI_CAP_PCI_CFG capability offset (4.1.4.9).
+    pci_cfg_cap: usize,
     vectors: Vec<Vector>,
     routes: Arc<dyn MsiRouteSink>,
     isr: u8,
@@ -134,6 +137,15 @@ impl VirtioPci {
             &vcap(CAP_DEVICE, DEVICE_CFG_OFFSET, DEVICE_CFG_SIZE),
             &[0; 14],
         )?;
+        // 4.1.4.9: bar, offset, length and pci_cfg_data are driver-writable; accesses to
+        // pci_cfg_data reach the selected BAR window.
+        let mut pci_cfg = vcap(CAP_PCI_CFG, 0, 0);
+        pci_cfg[0] = 20;
+        pci_cfg.extend_from_slice(&[0; 4]);
+        let mut pci_cfg_wmask = [0u8; 18];
+        pci_cfg_wmask[2] = 0xFF;
+        pci_cfg_wmask[6..18].fill(0xFF);
+        let pci_cfg_cap = cfg.add_capability(CAP_ID_VENDOR, &pci_cfg, &pci_cfg_wmask)?;
         let msix = MsixTable::new(nvec)?;
         let mut body = msix.message_control().to_le_bytes().to_vec();
         body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
@@ -159,6 +171,7 @@ impl VirtioPci {
             core,
             msix,
             msix_cap,
+            pci_cfg_cap,
             vectors,
             routes,
             isr: 0,
@@ -270,6 +283,21 @@ impl VirtioPci {
         self.cfg.set_interrupt_status(false);
         self.update_line();
         v
+    }
+
+    /// The BAR access the VIRTIO_PCI_CAP_PCI_CFG window selects: (bar, offset, length), if
+    /// the driver programmed a valid one (length 1, 2 or 4, offset aligned to it).
+    fn pci_cfg_window(&self) -> Option<(usize, u64, usize)> {
+        let c = self.pci_cfg_cap;
+        let mut bar = [0u8; 1];
+        self.cfg.read(c + 4, &mut bar);
+        let off = self.cfg.read_u32(c + 8);
+        let len = self.cfg.read_u32(c + 12) as usize;
+        if !matches!(len, 1 | 2 | 4) || off as usize % len != 0 {
+            guest_warn!("virtio-pci: PCI_CFG window length {len} at offset {off:#x} is invalid");
+            return None;
+        }
+        Some((usize::from(bar[0]), u64::from(off), len))
     }
 
     fn common_snapshot(&mut self) -> [u8; COMMON_SIZE as usize] {
@@ -413,8 +441,32 @@ impl PciDevice for VirtioPci {
         &self.cfg
     }
 
+    fn config_read(&mut self, offset: usize, data: &mut [u8]) {
+        let window = self.pci_cfg_cap + 16;
+        if PciConfig::overlaps(offset, data.len(), window, 4) {
+            if let Some((bar, off, len)) = self.pci_cfg_window() {
+                let mut buf = [0u8; 4];
+                if let Some(b) = buf.get_mut(..len) {
+                    self.bar_read(bar, off, b);
+                }
+                self.cfg.store(window, &buf);
+            }
+        }
+        self.cfg.read(offset, data);
+    }
+
     fn config_write(&mut self, offset: usize, data: &[u8]) {
         self.cfg.write(offset, data);
+        let window = self.pci_cfg_cap + 16;
+        if PciConfig::overlaps(offset, data.len(), window, 4) {
+            if let Some((bar, off, len)) = self.pci_cfg_window() {
+                let mut buf = [0u8; 4];
+                self.cfg.read(window, &mut buf);
+                if let Some(b) = buf.get(..len) {
+                    self.bar_write(bar, off, b);
+                }
+            }
+        }
         let ctrl = self.msix_cap + 2;
         if PciConfig::overlaps(offset, data.len(), ctrl, 2) {
             let val = self.cfg.read_u16(ctrl);
@@ -626,7 +678,10 @@ mod tests {
             .iter()
             .map(|p| (d.cfg.read_u32(*p) >> 24) as u8)
             .collect();
-        assert_eq!(types, vec![CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE]);
+        assert_eq!(
+            types,
+            vec![CAP_COMMON, CAP_NOTIFY, CAP_ISR, CAP_DEVICE, CAP_PCI_CFG]
+        );
         let notify = caps[1];
         assert_eq!(d.cfg.read_u32(notify + 8), NOTIFY_OFFSET as u32);
         assert_eq!(d.cfg.read_u32(notify + 16), NOTIFY_MULTIPLIER);
@@ -768,6 +823,30 @@ mod tests {
         let mut isr = [0u8; 1];
         d.bar_read(0, ISR_OFFSET, &mut isr);
         assert_eq!(isr[0], 0);
+    }
+
+    #[test]
+    fn pci_cfg_window_reads_and_writes_bar_0() {
+        let (mut d, _, _) = device();
+        let c = d.pci_cfg_cap;
+        d.config_write(c + 4, &[0]);
+        d.config_write(c + 8, &0x16u32.to_le_bytes());
+        d.config_write(c + 12, &2u32.to_le_bytes());
+        d.config_write(c + 16, &1u16.to_le_bytes());
+        assert_eq!(
+            d.core.queue_sel, 1,
+            "queue_select written through the window"
+        );
+        d.config_write(c + 8, &0x18u32.to_le_bytes());
+        d.config_write(c + 16, &0u16.to_le_bytes());
+        d.core.queue_sel = 0;
+        let mut b = [0u8; 2];
+        d.config_read(c + 16, &mut b);
+        assert_eq!(
+            u16::from_le_bytes(b),
+            256,
+            "queue_size read through the window"
+        );
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl<T: VirtioTransport> VirtioWorker<T> {
         let r = {
             let mut d = self.lock();
             let r = d.core().process_queue(q);
+            log::debug!("virtio: kick on queue {q}: {r:?}");
             if r.config_changed {
                 d.signal_config();
             }
