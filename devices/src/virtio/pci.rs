@@ -293,7 +293,7 @@ impl VirtioPci {
         self.cfg.read(c + 4, &mut bar);
         let off = self.cfg.read_u32(c + 8);
         let len = self.cfg.read_u32(c + 12) as usize;
-        if !matches!(len, 1 | 2 | 4) || off as usize % len != 0 {
+        if !matches!(len, 1 | 2 | 4) || !(off as usize).is_multiple_of(len) {
             guest_warn!("virtio-pci: PCI_CFG window length {len} at offset {off:#x} is invalid");
             return None;
         }
