@@ -4,9 +4,11 @@
 //!
 //! Addresses and interrupts:
 //! * PCI: config mechanism #1 at 0xCF8, ECAM at `PCI_ECAM_START`, BARs allocated (vm-allocator)
-//!   from `PCI_MMIO_START..PCI_MMIO_END`; slot *d*'s INTA# is GSI `16 + (d - 1) % 4` (so
-//!   slots 1 and 5 share GSI 16), source `(d - 1) / 4` of that line; MSI-X vectors get GSIs
-//!   from 24 up through the irqchip backend's routing table.
+//!   from `PCI_MMIO_START..PCI_MMIO_END`; slot *d*'s INTA# is GSI `16 + ((d - 1) / 2) % 4`:
+//!   slots are wired in pairs (1+2, 3+4, ...) to one shared, level-triggered, active-low line
+//!   (the wired-OR line model gives each its own source), so two disks already exercise
+//!   INTx sharing. MSI-X vectors get GSIs from 24 up through the irqchip backend's routing
+//!   table.
 //! * virtio-mmio: device *i* at `VIRTIO_MMIO_START + i * 4 KiB`, edge-triggered GSI `20 + i`
 //!   (at most 4 devices).
 //! * Queue notifications are KVM ioeventfds; the device thread runs an event-manager loop.
@@ -38,6 +40,15 @@ pub const PCI_INTX_GSI_BASE: u32 = 16;
 /// First GSI for virtio-mmio devices, and how many there can be.
 pub const VIRTIO_MMIO_GSI_BASE: u32 = 20;
 pub const MAX_VIRTIO_MMIO: usize = 4;
+
+/// The GSI and wired-OR source of PCI slot `slot`'s INTA# (see the module documentation).
+pub fn intx_route(slot: usize) -> (u32, u8) {
+    let d = slot.saturating_sub(1);
+    let gsi = PCI_INTX_GSI_BASE + ((d / 2) % 4) as u32;
+    // Slots sharing a GSI: d % 2 tells the pair apart, d / 8 the repetition.
+    let source = ((d % 2) | ((d / 8) << 1)) as u8;
+    (gsi, source)
+}
 
 /// Which virtio transport `--disk` devices use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
@@ -230,8 +241,7 @@ impl VirtioDevices {
                 .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
             // The slot this device will get: the root fills the lowest free one.
             let slot = i + 1;
-            let gsi = PCI_INTX_GSI_BASE + ((slot as u32 - 1) % 4);
-            let source = ((slot - 1) / 4) as u8;
+            let (gsi, source) = intx_route(slot);
             let line = a.lines.line(gsi, source)?;
             let dev = VirtioPci::new(
                 Box::new(block),
@@ -442,6 +452,20 @@ mod tests {
                 max_frames: 8
             }
         );
+    }
+
+    #[test]
+    fn slot_pairs_share_an_intx_gsi_with_distinct_sources() {
+        assert_eq!(intx_route(1), (16, 0));
+        assert_eq!(intx_route(2), (16, 1));
+        assert_eq!(intx_route(3), (17, 0));
+        assert_eq!(intx_route(9), (16, 2));
+        let mut seen = std::collections::BTreeSet::new();
+        for slot in 1..32 {
+            let (gsi, src) = intx_route(slot);
+            assert!((16..20).contains(&gsi) && src < 8);
+            assert!(seen.insert((gsi, src)), "slot {slot} reuses a source");
+        }
     }
 
     #[test]

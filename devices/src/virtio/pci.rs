@@ -207,6 +207,9 @@ impl VirtioPci {
     }
 
     fn apply_msix(&mut self, fx: MsixEffects) {
+        if !fx.is_empty() {
+            log::debug!("virtio-pci: MSI-X effects {fx:?}");
+        }
         // Re-route before firing, so a pending vector reaches its new destination.
         for k in fx.routes_changed {
             let (Some(v), Some(msg)) = (self.vectors.get(usize::from(k)), self.msix.message(k))
@@ -256,7 +259,9 @@ impl VirtioPci {
             if vector == NO_VECTOR {
                 return;
             }
-            match self.msix.raise(vector) {
+            let r = self.msix.raise(vector);
+            log::debug!("virtio-pci: raise vector {vector}: {r:?}");
+            match r {
                 MsixRaise::Fire(_) => self.fire_vector(vector),
                 MsixRaise::Pended => {
                     self.core
@@ -267,6 +272,7 @@ impl VirtioPci {
                 MsixRaise::Disabled | MsixRaise::NoSuchVector => {}
             }
         } else {
+            log::debug!("virtio-pci: INTx raise, ISR bit {isr_bit}");
             self.isr |= isr_bit;
             self.cfg.set_interrupt_status(true);
             self.core
@@ -470,6 +476,7 @@ impl PciDevice for VirtioPci {
         let ctrl = self.msix_cap + 2;
         if PciConfig::overlaps(offset, data.len(), ctrl, 2) {
             let val = self.cfg.read_u16(ctrl);
+            log::debug!("virtio-pci: MSI-X message control <- {val:#x}");
             let fx = self.msix.write_message_control(val);
             self.cfg
                 .store(ctrl, &self.msix.message_control().to_le_bytes());
