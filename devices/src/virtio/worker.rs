@@ -157,3 +157,149 @@ impl<T: VirtioTransport + 'static> MutEventSubscriber for VirtioWorker<T> {
         self.kick(q);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::block::{Block, BlockConfig, T_IN};
+    use super::super::testutil::*;
+    use super::super::{VirtioCore, F_VERSION_1};
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+    /// A transport that counts interrupts.
+    struct Counting {
+        core: VirtioCore,
+        queue_irqs: u32,
+        config_irqs: u32,
+    }
+
+    impl VirtioTransport for Counting {
+        fn core(&mut self) -> &mut VirtioCore {
+            &mut self.core
+        }
+        fn signal_queue(&mut self, _queue: usize) {
+            self.queue_irqs += 1;
+        }
+        fn signal_config(&mut self) {
+            self.config_irqs += 1;
+        }
+    }
+
+    fn setup(
+        m: Moderation,
+    ) -> (
+        VirtioWorker<Counting>,
+        Arc<Mutex<Counting>>,
+        GuestMemoryMmap,
+    ) {
+        let p = std::env::temp_dir().join(format!(
+            "irqvm-worker-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)
+            .unwrap();
+        f.set_len(1 << 20).unwrap();
+        let _ = std::fs::remove_file(&p);
+        let blk = Block::new(BlockConfig {
+            file: f,
+            readonly: false,
+            id: "w".into(),
+        })
+        .unwrap();
+        let mem = mem();
+        let mut core = VirtioCore::new(Box::new(blk), mem.clone());
+        activate(&mut core, 16, F_VERSION_1);
+        let dev = Arc::new(Mutex::new(Counting {
+            core,
+            queue_irqs: 0,
+            config_irqs: 0,
+        }));
+        let kick = EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        let w = VirtioWorker::new(dev.clone(), vec![kick], m).unwrap();
+        (w, dev, mem)
+    }
+
+    /// Publish request number `n` (each a 1-sector read in its own descriptors).
+    fn submit(mem: &GuestMemoryMmap, n: u16) {
+        let d = n * 3;
+        let hdr = DATA + u64::from(n) * 0x1000;
+        mem.write_obj(T_IN, GuestAddress(hdr)).unwrap();
+        mem.write_obj(0u64, GuestAddress(hdr + 8)).unwrap();
+        desc(mem, d % 16, hdr, 16, F_NEXT, (d + 1) % 16);
+        desc(
+            mem,
+            (d + 1) % 16,
+            hdr + 0x100,
+            512,
+            F_NEXT | F_WRITE,
+            (d + 2) % 16,
+        );
+        desc(mem, (d + 2) % 16, hdr + 0x400, 1, F_WRITE, 0);
+        avail(mem, n % 16, d % 16, n + 1);
+    }
+
+    #[test]
+    fn without_moderation_each_needed_notification_interrupts_at_once() {
+        let (mut w, dev, mem) = setup(Moderation::default());
+        submit(&mem, 0);
+        w.kick(0);
+        submit(&mem, 1);
+        w.kick(0);
+        assert_eq!(dev.lock().unwrap().queue_irqs, 2);
+    }
+
+    #[test]
+    fn max_frames_delivers_one_interrupt_per_batch_of_completions() {
+        let (mut w, dev, mem) = setup(Moderation {
+            usecs: 1_000_000,
+            max_frames: 3,
+        });
+        for n in 0..3 {
+            submit(&mem, n);
+            w.kick(0);
+        }
+        assert_eq!(dev.lock().unwrap().queue_irqs, 1);
+        let stats = dev.lock().unwrap().core.stats.clone();
+        assert_eq!(stats.moderated.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn moderation_timer_flushes_held_notifications() {
+        let (mut w, dev, mem) = setup(Moderation {
+            usecs: 1_000_000,
+            max_frames: 0,
+        });
+        submit(&mem, 0);
+        w.kick(0);
+        submit(&mem, 1);
+        w.kick(0);
+        assert_eq!(
+            dev.lock().unwrap().queue_irqs,
+            0,
+            "held until the timer fires"
+        );
+        w.timer_expired();
+        assert_eq!(
+            dev.lock().unwrap().queue_irqs,
+            1,
+            "one interrupt covers both"
+        );
+        w.timer_expired();
+        assert_eq!(dev.lock().unwrap().queue_irqs, 1, "nothing left to deliver");
+    }
+
+    #[test]
+    fn needs_reset_raises_a_config_interrupt() {
+        let (mut w, dev, mem) = setup(Moderation::default());
+        avail(&mem, 0, 0, 200);
+        w.kick(0);
+        let d = dev.lock().unwrap();
+        assert_eq!((d.queue_irqs, d.config_irqs), (0, 1));
+    }
+}
