@@ -306,8 +306,43 @@ impl MsiSender for KernelIrqchip {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A VM on this host's /dev/kvm, or None (the test then passes vacuously and says so).
+    pub(crate) fn kvm_vm() -> Option<Arc<VmFd>> {
+        match kvm_ioctls::Kvm::new().and_then(|k| k.create_vm()) {
+            Ok(vm) => Some(Arc::new(vm)),
+            Err(e) => {
+                eprintln!("skipped: no usable /dev/kvm ({e})");
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn msi_routes_allocate_from_gsi_24_and_reroute_in_the_one_table() {
+        let Some(vm) = kvm_vm() else { return };
+        vm.create_irq_chip().unwrap();
+        let chip = KernelIrqchip::new(vm, 24, Arc::new(IrqStats::new(24))).unwrap();
+        let m = |d| MsiMessage {
+            address: 0xFEE0_0000,
+            data: d,
+        };
+        assert_eq!(chip.alloc_msi_gsi(m(0x30)).unwrap(), 24);
+        assert_eq!(chip.alloc_msi_gsi(m(0x31)).unwrap(), 25);
+        let fd = EventFd::new(EFD_NONBLOCK).unwrap();
+        chip.register_irqfd(25, &fd).unwrap();
+        chip.set_msi_route(25, m(0x41)).unwrap();
+        assert!(matches!(
+            chip.set_msi_route(30, m(1)),
+            Err(IrqError::Routing(_))
+        ));
+        assert!(matches!(
+            chip.set_msi_route(5, m(1)),
+            Err(IrqError::Routing(_))
+        ));
+    }
 
     #[test]
     fn gsi2_drives_isa_irq0_and_cascade_has_no_gsi() {

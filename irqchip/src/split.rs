@@ -455,3 +455,39 @@ impl EoiSink for SplitIrqchip {
         self.resample(eoi);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_msi_routes_share_the_table_with_the_ioapic_pin_routes() {
+        let Some(vm) = crate::kvm::tests::kvm_vm() else {
+            return;
+        };
+        let chip = SplitIrqchip::new(vm, Arc::new(IrqStats::new(24))).unwrap();
+        let before = chip.route_installs();
+        let m = MsiMessage {
+            address: 0xFEE0_0000,
+            data: 0x45,
+        };
+        let gsi = chip.alloc_msi_gsi(m).unwrap();
+        assert_eq!(gsi, 24);
+        assert_eq!(
+            chip.route_installs(),
+            before + 1,
+            "one install adds the route"
+        );
+        chip.set_msi_route(gsi, m).unwrap();
+        assert_eq!(
+            chip.route_installs(),
+            before + 1,
+            "unchanged route: no install"
+        );
+        chip.set_msi_route(gsi, MsiMessage { data: 0x46, ..m })
+            .unwrap();
+        assert_eq!(chip.route_installs(), before + 2);
+        let fd = vmm_sys_util::eventfd::EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap();
+        chip.register_irqfd(gsi, &fd).unwrap();
+    }
+}
