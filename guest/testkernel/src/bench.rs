@@ -1,0 +1,5 @@
+//! Delivery-cost measurements (`irqvm.mode=bench`).
+
+pub fn run() -> u32 {
+    0
+}
