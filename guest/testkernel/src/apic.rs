@@ -150,3 +150,8 @@ pub fn self_ipi(vector: u8) {
         send_ipi(0, SH_SELF | DM_FIXED | vector as u32);
     }
 }
+
+/// Self IPI through the ICR (shorthand "self"), in either mode.
+pub fn self_ipi_icr(vector: u8) {
+    send_ipi(0, SH_SELF | DM_FIXED | vector as u32);
+}

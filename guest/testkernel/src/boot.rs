@@ -145,8 +145,8 @@ isr_stubs:
     .endr
 
     /* Every handler runs on an IST stack (the interrupted code may use the red zone), saves
-       all GPRs and the SSE state the Rust handler may clobber (xmm0-15, MXCSR), and calls
-       isr_dispatch(&mut Frame). The frame is 16-byte aligned: IST stacks are, and the CPU
+       all GPRs and calls isr_dispatch(&mut Frame). No SSE state is saved: the kernel is
+       built without SSE (src/fmtnum.rs explains why) and build.sh checks the image. The frame is 16-byte aligned: IST stacks are, and the CPU
        pushes 5 words + error + vector + 15 GPRs = 22 words. */
 isr_common:
     push %rax
@@ -165,45 +165,8 @@ isr_common:
     push %r14
     push %r15
     cld
-    mov %rsp, %rbx
-    sub $272, %rsp
-    movdqa %xmm0, 0(%rsp)
-    movdqa %xmm1, 16(%rsp)
-    movdqa %xmm2, 32(%rsp)
-    movdqa %xmm3, 48(%rsp)
-    movdqa %xmm4, 64(%rsp)
-    movdqa %xmm5, 80(%rsp)
-    movdqa %xmm6, 96(%rsp)
-    movdqa %xmm7, 112(%rsp)
-    movdqa %xmm8, 128(%rsp)
-    movdqa %xmm9, 144(%rsp)
-    movdqa %xmm10, 160(%rsp)
-    movdqa %xmm11, 176(%rsp)
-    movdqa %xmm12, 192(%rsp)
-    movdqa %xmm13, 208(%rsp)
-    movdqa %xmm14, 224(%rsp)
-    movdqa %xmm15, 240(%rsp)
-    stmxcsr 256(%rsp)
-    mov %rbx, %rdi
+    mov %rsp, %rdi
     call isr_dispatch
-    ldmxcsr 256(%rsp)
-    movdqa 0(%rsp), %xmm0
-    movdqa 16(%rsp), %xmm1
-    movdqa 32(%rsp), %xmm2
-    movdqa 48(%rsp), %xmm3
-    movdqa 64(%rsp), %xmm4
-    movdqa 80(%rsp), %xmm5
-    movdqa 96(%rsp), %xmm6
-    movdqa 112(%rsp), %xmm7
-    movdqa 128(%rsp), %xmm8
-    movdqa 144(%rsp), %xmm9
-    movdqa 160(%rsp), %xmm10
-    movdqa 176(%rsp), %xmm11
-    movdqa 192(%rsp), %xmm12
-    movdqa 208(%rsp), %xmm13
-    movdqa 224(%rsp), %xmm14
-    movdqa 240(%rsp), %xmm15
-    mov %rbx, %rsp
     pop %r15
     pop %r14
     pop %r13

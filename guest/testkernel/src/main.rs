@@ -17,6 +17,7 @@ mod bench;
 mod boot;
 mod cases;
 mod desc;
+mod fmtnum;
 mod ioapic;
 mod mem;
 mod pic;
@@ -26,6 +27,7 @@ mod testdev;
 mod tsc;
 
 use core::fmt::{self, Write};
+pub use fmtnum::{D, I, S, X};
 use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// A short formatted message without an allocator.
@@ -113,7 +115,7 @@ fn read_start_info(paddr: u64) {
     unsafe {
         let magic = core::ptr::read_volatile(paddr as *const u32);
         if magic != HVM_START_MAGIC {
-            println!("hvm_start_info at {paddr:#x} has bad magic {magic:#x}");
+            println!("hvm_start_info at {} has bad magic {}", X(paddr), X(magic as u64));
             return;
         }
         let cmd = core::ptr::read_volatile((paddr + 24) as *const u64);
@@ -136,20 +138,20 @@ fn read_start_info(paddr: u64) {
 
 pub fn fatal_exception(f: &desc::Frame, cpu: usize) {
     report(format_args!(
-        "FAIL {}: CPU {} exception {} error {:#x} at rip {:#x} rsp {:#x} rax {:#x} rdx {:#x}",
-        cases::current(),
-        cpu,
-        f.vector,
-        f.error,
-        f.rip,
-        f.rsp,
-        f.rax,
-        f.rdx
+        "FAIL {}: CPU {} exception {} error {} at rip {} rsp {} rax {} rdx {}",
+        S(cases::current()),
+        D(cpu as u64),
+        D(f.vector),
+        X(f.error),
+        X(f.rip),
+        X(f.rsp),
+        X(f.rax),
+        X(f.rdx)
     ));
     if f.vector == 14 {
         let cr2: u64;
         unsafe { core::arch::asm!("mov {}, cr2", out(reg) cr2) };
-        println!("cr2 = {cr2:#x}");
+        println!("cr2 = {}", X(cr2));
     }
     testdev::exit(3);
 }
@@ -158,7 +160,7 @@ pub fn fatal_exception(f: &desc::Frame, cpu: usize) {
 extern "C" fn kmain(start_info: u64) -> ! {
     serial::init();
     read_start_info(start_info);
-    println!("irqvm testkernel: cmdline '{}'", cmdline());
+    println!("irqvm testkernel: cmdline '{}'", S(cmdline()));
     desc::init_idt();
     desc::init_cpu(0);
     // Remap the 8259As away from the exception vectors and mask them; the cases that test
@@ -169,14 +171,14 @@ extern "C" fn kmain(start_info: u64) -> ! {
     testdev::detect();
     let (khz, src) = tsc::init();
     println!(
-        "testdev {} (mode {:#x} host {:#x} ncpus {}), lines {}, TSC {} kHz ({})",
-        if testdev::present() { "present" } else { "absent" },
-        testdev::mode(),
-        testdev::host(),
-        testdev::ncpus(),
-        if testdev::lines_available() { "yes" } else { "no" },
-        khz,
-        src
+        "testdev {} (mode {} host {} ncpus {}), lines {}, TSC {} kHz ({})",
+        S(if testdev::present() { "present" } else { "absent" }),
+        X(testdev::mode() as u64),
+        X(testdev::host() as u64),
+        D(testdev::ncpus() as u64),
+        S(if testdev::lines_available() { "yes" } else { "no" }),
+        D(khz),
+        S(src)
     );
     apic::enable(0, false);
     smp::APIC_ID[0].store(apic::id(), Ordering::SeqCst);
@@ -188,7 +190,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
         .unwrap_or_else(testdev::ncpus) as usize;
     if want >= 2 {
         let up = smp::start_aps(want);
-        println!("{up} of {want} CPUs up");
+        println!("{} of {} CPUs up", D(up as u64), D(want as u64));
     }
 
     let status = match cmdline_arg("irqvm.mode") {
@@ -200,6 +202,15 @@ extern "C" fn kmain(start_info: u64) -> ! {
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
-    report(format_args!("FAIL {}: panic: {}", cases::current(), info));
+    // Only the location: formatting the message could run core's SSE integer formatting.
+    match info.location() {
+        Some(l) => report(format_args!(
+            "FAIL {}: panic at {}:{}",
+            S(cases::current()),
+            S(l.file()),
+            D(l.line() as u64)
+        )),
+        None => report(format_args!("FAIL {}: panic", S(cases::current()))),
+    }
     testdev::exit(2)
 }
