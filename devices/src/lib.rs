@@ -1,8 +1,13 @@
 //! Guest-visible devices and the address-range bus that dispatches vCPU exits to them.
 
+pub mod acpi_pm;
 pub mod bus;
+pub mod cmos;
 pub mod debug_exit;
+pub mod i8042;
+pub mod irqchip_ports;
 pub mod pc_testdev;
+pub mod serial;
 pub mod testdev;
 
 pub use bus::{Bus, BusDevice, BusError};

@@ -1,0 +1,245 @@
+//! KVM glue: the backends behind the device-facing traits.
+//!
+//! `--irqchip kernel`: [`KernelIrqchip`]. KVM emulates PIC, IOAPIC and LAPICs
+//! (KVM_CREATE_IRQCHIP). Edge pulses go through one irqfd per GSI (KVM_IRQFD: the eventfd
+//! write is injected in the kernel, no vCPU exit and no userspace lock on the guest's path);
+//! level changes of the wired-OR of a GSI's sources go through KVM_IRQ_LINE. MSIs go through
+//! KVM_SIGNAL_MSI.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{
+    kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER,
+    KVM_IRQCHIP_PIC_SLAVE, KVM_IRQ_ROUTING_IRQCHIP,
+};
+use kvm_ioctls::VmFd;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::stats::{Counter, IrqStats};
+use crate::{InterruptLine, IrqError, LineProvider, MsiMessage, MsiSender};
+
+/// Sources a GSI can have (bit per source in the wired-OR).
+pub const SOURCES_PER_GSI: u8 = 8;
+
+struct Gsi {
+    irqfd: EventFd,
+    /// Bit s set = source s asserts the line.
+    sources: Mutex<u8>,
+}
+
+struct Inner {
+    vm: Arc<VmFd>,
+    gsis: Vec<Gsi>,
+    stats: Arc<IrqStats>,
+    msis: AtomicU64,
+}
+
+/// KVM's in-kernel PIC + IOAPIC + LAPIC, driven through irqfd, KVM_IRQ_LINE and
+/// KVM_SIGNAL_MSI.
+#[derive(Clone)]
+pub struct KernelIrqchip {
+    inner: Arc<Inner>,
+}
+
+impl KernelIrqchip {
+    /// Wrap a VM whose in-kernel irqchip was created (KVM_CREATE_IRQCHIP), registering one
+    /// irqfd per GSI in `0..nr_gsis`.
+    pub fn new(vm: Arc<VmFd>, nr_gsis: u32, stats: Arc<IrqStats>) -> Result<Self, IrqError> {
+        let mut gsis = Vec::with_capacity(nr_gsis as usize);
+        for gsi in 0..nr_gsis {
+            let irqfd =
+                EventFd::new(EFD_NONBLOCK).map_err(|source| IrqError::EventFd { gsi, source })?;
+            vm.register_irqfd(&irqfd, gsi).map_err(|e| IrqError::Kvm {
+                what: "KVM_IRQFD",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
+            gsis.push(Gsi {
+                irqfd,
+                sources: Mutex::new(0),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                vm,
+                gsis,
+                stats,
+                msis: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Install the in-kernel routing table that matches the platform tables irqvm gives the
+    /// guest (MP table and ACPI MADT: ISA IRQ0 is wired to IOAPIC pin 2, the PIC cascade
+    /// sits on IRQ2), as real boards and QEMU do. KVM's default table would send the in-kernel
+    /// PIT (which fires KVM GSI 0) to IOAPIC pin 0 instead.
+    ///
+    /// irqvm's GSI numbers are ACPI GSIs, i.e. IOAPIC pins. KVM GSI g routes to IOAPIC pin g
+    /// and to the PIC input of ISA IRQ g, except: KVM GSI 0 (the PIT) and 2 both go to IOAPIC
+    /// pin 2 and PIC IRQ 0.
+    pub fn install_platform_routes(vm: &VmFd, nr_gsis: u32) -> Result<(), IrqError> {
+        let mut entries = Vec::new();
+        let chip = |gsi: u32, irqchip: u32, pin: u32| {
+            let mut e = kvm_irq_routing_entry {
+                gsi,
+                type_: KVM_IRQ_ROUTING_IRQCHIP,
+                ..Default::default()
+            };
+            e.u.irqchip.irqchip = irqchip;
+            e.u.irqchip.pin = pin;
+            e
+        };
+        for gsi in 0..nr_gsis {
+            let ioapic_pin = if gsi == 0 { 2 } else { gsi };
+            entries.push(chip(gsi, KVM_IRQCHIP_IOAPIC, ioapic_pin));
+            if let Some(isa) = pic_irq_for_gsi(gsi) {
+                let (c, p) = if isa < 8 {
+                    (KVM_IRQCHIP_PIC_MASTER, isa)
+                } else {
+                    (KVM_IRQCHIP_PIC_SLAVE, isa - 8)
+                };
+                entries.push(chip(gsi, c, p as u32));
+            }
+        }
+        // KVM GSI 0 is the in-kernel PIT: ISA IRQ 0 on the PIC.
+        entries.push(chip(0, KVM_IRQCHIP_PIC_MASTER, 0));
+        let routing = KvmIrqRouting::from_entries(&entries).map_err(|_| IrqError::Kvm {
+            what: "building the GSI routing table",
+            source: std::io::Error::from_raw_os_error(libc::E2BIG),
+        })?;
+        vm.set_gsi_routing(&routing).map_err(|e| IrqError::Kvm {
+            what: "KVM_SET_GSI_ROUTING",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })
+    }
+
+    /// MSIs sent so far.
+    pub fn msis_sent(&self) -> u64 {
+        self.inner.msis.load(Ordering::Relaxed)
+    }
+}
+
+/// The 8259 input (ISA IRQ) a GSI drives: GSI 2 carries ISA IRQ 0 (the timer, per the MADT
+/// interrupt source override); IRQ 2 is the cascade and has no GSI; GSIs >= 16 have none.
+pub fn pic_irq_for_gsi(gsi: u32) -> Option<u8> {
+    match gsi {
+        2 => Some(0),
+        0 => None,
+        1..=15 => Some(gsi as u8),
+        _ => None,
+    }
+}
+
+struct KernelLine {
+    inner: Arc<Inner>,
+    gsi: u32,
+    source: u8,
+}
+
+impl KernelLine {
+    fn gsi(&self) -> Option<&Gsi> {
+        self.inner.gsis.get(self.gsi as usize)
+    }
+}
+
+impl InterruptLine for KernelLine {
+    fn set_level(&self, level: bool) {
+        let Some(g) = self.gsi() else { return };
+        let mut s = g.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *s != 0;
+        if level {
+            *s |= 1 << self.source;
+        } else {
+            *s &= !(1 << self.source);
+        }
+        let after = *s != 0;
+        if level {
+            self.inner.stats.record_source_raise(self.gsi, self.source);
+        }
+        if before != after {
+            if after {
+                self.inner.stats.record(self.gsi, Counter::Raised);
+            }
+            if let Err(e) = self.inner.vm.set_irq_line(self.gsi, after) {
+                log::warn!("KVM_IRQ_LINE gsi {} level {after} failed: {e}", self.gsi);
+            }
+        }
+    }
+
+    fn pulse(&self) {
+        let Some(g) = self.gsi() else { return };
+        // Wired-OR: while another source holds the line high, an edge is invisible.
+        let held = *g.sources.lock().unwrap_or_else(|e| e.into_inner()) != 0;
+        self.inner.stats.record_source_raise(self.gsi, self.source);
+        if held {
+            self.inner.stats.record(self.gsi, Counter::Coalesced);
+            return;
+        }
+        self.inner.stats.record(self.gsi, Counter::Raised);
+        if let Err(e) = g.irqfd.write(1) {
+            log::warn!("irqfd write for gsi {} failed: {e}", self.gsi);
+        }
+    }
+}
+
+impl LineProvider for KernelIrqchip {
+    fn line(&self, gsi: u32, source: u8) -> Result<Arc<dyn InterruptLine>, IrqError> {
+        let max = self.inner.gsis.len() as u32;
+        if gsi >= max || source >= SOURCES_PER_GSI {
+            return Err(IrqError::NoSuchLine {
+                gsi,
+                source_id: source,
+                max,
+            });
+        }
+        Ok(Arc::new(KernelLine {
+            inner: self.inner.clone(),
+            gsi,
+            source,
+        }))
+    }
+
+    fn raised(&self, gsi: u32) -> u64 {
+        self.inner.stats.get(gsi, Counter::Raised)
+    }
+
+    fn reset_stats(&self) {
+        self.inner.stats.reset();
+        self.inner.msis.store(0, Ordering::Relaxed);
+    }
+}
+
+impl MsiSender for KernelIrqchip {
+    fn send_msi(&self, msg: MsiMessage) -> Result<(), IrqError> {
+        self.inner.msis.fetch_add(1, Ordering::Relaxed);
+        let msi = kvm_msi {
+            address_lo: msg.address as u32,
+            address_hi: (msg.address >> 32) as u32,
+            data: msg.data,
+            ..Default::default()
+        };
+        self.inner
+            .vm
+            .signal_msi(msi)
+            .map(|_| ())
+            .map_err(|e| IrqError::Kvm {
+                what: "KVM_SIGNAL_MSI",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gsi2_drives_isa_irq0_and_cascade_has_no_gsi() {
+        assert_eq!(pic_irq_for_gsi(2), Some(0));
+        assert_eq!(pic_irq_for_gsi(0), None);
+        assert_eq!(pic_irq_for_gsi(4), Some(4));
+        assert_eq!(pic_irq_for_gsi(15), Some(15));
+        assert_eq!(pic_irq_for_gsi(16), None);
+        assert!((0..24).filter_map(pic_irq_for_gsi).all(|irq| irq != 2));
+    }
+}

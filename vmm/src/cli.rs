@@ -1,0 +1,154 @@
+//! The command line: `irqvm run`, later `irqvm selftest` and `irqvm bench`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// irqvm: a KVM microVM built around its virtual interrupt controllers.
+///
+/// Boot a Linux kernel (bzImage or ELF vmlinux, with the PVH entry when present):
+///
+///   irqvm run --kernel bzImage --initrd initramfs.cpio
+///
+/// The guest's serial console (COM1, ttyS0) is your terminal. irqvm exits when the guest
+/// powers off.
+#[derive(Parser, Debug)]
+#[command(name = "irqvm", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// Log level for irqvm's own messages (on stderr): error, warn, info, debug, trace.
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a guest kernel and run it until it powers off.
+    ///
+    /// Exit status: 0 when the guest powers off (ACPI S5); 1 when irqvm fails (bad arguments,
+    /// KVM errors); 2 when the guest resets or triple-faults; 3 when KVM cannot run a guest
+    /// instruction (internal error); a test kernel's own status via the test device, and
+    /// (value << 1) | 1 for a write of value to the isa-debug-exit port 0xf4.
+    Run(RunArgs),
+}
+
+/// Which interrupt controller emulation to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IrqchipMode {
+    /// KVM's in-kernel PIC, IOAPIC and local APICs.
+    Kernel,
+    /// irqvm's userspace 8259A pair and IOAPIC (KVM split irqchip); local APICs in KVM.
+    Split,
+}
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialOut {
+    Stdio,
+    File(PathBuf),
+    None,
+}
+
+fn parse_serial(s: &str) -> Result<SerialOut, String> {
+    match s {
+        "stdio" => Ok(SerialOut::Stdio),
+        "none" => Ok(SerialOut::None),
+        _ => match s.strip_prefix("file:") {
+            Some(p) if !p.is_empty() => Ok(SerialOut::File(PathBuf::from(p))),
+            _ => Err(format!(
+                "'{s}' is not a serial destination: use stdio, none or file:PATH"
+            )),
+        },
+    }
+}
+
+/// CPUID template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CpuTemplateArg {
+    /// pvm-safe on a PVM host, host otherwise.
+    Auto,
+    /// Everything KVM supports (minus KVM PV send-IPI).
+    Host,
+    /// Masks instructions KVM's PVM backend cannot emulate (see shared/HOST-KVM.md).
+    PvmSafe,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel image: bzImage, ELF64 vmlinux, or an ELF with a PVH entry note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+
+    /// Initial ramdisk (cpio), loaded at the top of low memory.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line. Default: a serial console on ttyS0 with ACPI reboot/poweroff
+    /// (see `irqvm run --help` output of DEFAULT_CMDLINE in the README).
+    #[arg(long, value_name = "STR")]
+    pub cmdline: Option<String>,
+
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256, value_name = "MiB")]
+    pub memory: u64,
+
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub vcpus: u32,
+
+    /// Interrupt controller emulation.
+    #[arg(long, value_enum, default_value_t = IrqchipMode::Kernel)]
+    pub irqchip: IrqchipMode,
+
+    /// Serial console destination: stdio, file:PATH or none.
+    #[arg(long, default_value = "stdio", value_parser = parse_serial, value_name = "DEST")]
+    pub serial: SerialOut,
+
+    /// Guest CPUID template.
+    #[arg(long, value_enum, default_value_t = CpuTemplateArg::Auto)]
+    pub cpu_template: CpuTemplateArg,
+
+    /// Print host-side interrupt counters per GSI (raised, delivered, coalesced, EOIs,
+    /// spurious, throttled) on stderr when the VM stops.
+    #[arg(long)]
+    pub irq_stats: bool,
+
+    /// The KVM device node.
+    #[arg(long, default_value = "/dev/kvm", value_name = "PATH")]
+    pub kvm_device: PathBuf,
+
+    /// Attach the irqvm test device (port 0x2100, see docs/testdev.md) used by the guest
+    /// test kernel.
+    #[arg(long)]
+    pub testdev: bool,
+}
+
+/// The default kernel command line: serial console, ACPI power control, no kernel-side
+/// reboot on panic wait, and quiet legacy probes a microVM does not have.
+pub const DEFAULT_CMDLINE: &str =
+    "console=ttyS0 reboot=acpi panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_destinations_parse() {
+        assert_eq!(parse_serial("stdio"), Ok(SerialOut::Stdio));
+        assert_eq!(parse_serial("none"), Ok(SerialOut::None));
+        assert_eq!(
+            parse_serial("file:/tmp/x"),
+            Ok(SerialOut::File(PathBuf::from("/tmp/x")))
+        );
+        assert!(parse_serial("file:").is_err());
+        assert!(parse_serial("tcp:1").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
