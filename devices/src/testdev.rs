@@ -157,18 +157,6 @@ impl Drop for Burst {
     }
 }
 
-/// Logs the first few guest errors, then one in every 1024, so a hostile guest cannot flood
-/// the host log.
-#[derive(Default)]
-struct RateLimit(u64);
-
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        self.0 = self.0.wrapping_add(1);
-        self.0 <= 16 || self.0.is_multiple_of(1024)
-    }
-}
-
 /// Called with each completed REPORT line (without its `\n`).
 pub type ReportSink = Box<dyn FnMut(&str) + Send>;
 
@@ -184,7 +172,6 @@ pub struct TestDevice {
     sink: ReportSink,
     counts: Arc<ReportCounts>,
     burst: Option<Burst>,
-    warn: RateLimit,
 }
 
 impl TestDevice {
@@ -206,7 +193,6 @@ impl TestDevice {
             sink,
             counts: Arc::new(ReportCounts::default()),
             burst: None,
-            warn: RateLimit::default(),
         }
     }
 
@@ -257,12 +243,10 @@ impl TestDevice {
         self.result = match self.run(command) {
             Ok(v) => v,
             Err(why) => {
-                if self.warn.allow() {
-                    log::warn!(
-                        "testdev: command {command} args {:#x?} failed: {why}",
-                        self.args
-                    );
-                }
+                irqchip::guest_warn!(
+                    "testdev: command {command} args {:#x?} failed: {why}",
+                    self.args
+                );
                 RESULT_ERROR
             }
         };
@@ -412,12 +396,10 @@ impl BusDevice for TestDevice {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            if self.warn.allow() {
-                log::warn!(
-                    "testdev: ignored {}-byte write at offset {offset:#x} (registers are 32-bit)",
-                    data.len()
-                );
-            }
+            irqchip::guest_warn!(
+                "testdev: ignored {}-byte write at offset {offset:#x} (registers are 32-bit)",
+                data.len()
+            );
             return;
         };
         if offset & 3 != 0 {

@@ -4,6 +4,7 @@ mod cli;
 mod console;
 mod host;
 mod kick;
+mod testkernel;
 mod vcpu;
 mod vm;
 

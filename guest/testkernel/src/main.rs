@@ -10,6 +10,8 @@
 #![no_std]
 #![no_main]
 #![allow(clippy::missing_safety_doc)]
+// Driver modules define complete register sets from the datasheets, not all used.
+#![allow(dead_code)]
 
 mod apic;
 mod arch;
