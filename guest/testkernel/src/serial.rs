@@ -9,6 +9,7 @@ pub const COM1: u16 = 0x3f8;
 pub const THR: u16 = 0;
 pub const IER: u16 = 1;
 pub const IIR: u16 = 2;
+pub const MCR: u16 = 4;
 pub const LSR: u16 = 5;
 
 pub fn init() {
