@@ -1136,11 +1136,13 @@ fn hostile_garbage_then_edge_still_works() -> Outcome {
             testdev::command(testdev::MSI_SIGNAL, [0xfee0_0000 | (bsp_id() << 12), 0, v as u32, 0]);
         }
     }
-    for (i, v) in SAFE_LOW.iter().enumerate() {
-        let p = pin(i % 4);
-        ioapic::set(p, *v as u32, bsp_id());
-        pulse(p);
-        ioapic::mask(p);
+    if testdev::lines_available() {
+        for (i, v) in SAFE_LOW.iter().enumerate() {
+            let p = pin(i % 4);
+            ioapic::set(p, *v as u32, bsp_id());
+            pulse(p);
+            ioapic::mask(p);
+        }
     }
     settle();
     let low_delivered: u32 = SAFE_LOW.iter().map(|v| count(*v)).sum();
@@ -1152,10 +1154,12 @@ fn hostile_garbage_then_edge_still_works() -> Outcome {
     );
     reset();
     // Sanity: a plain edge still works.
-    let p = pin(0);
-    ioapic::set(p, edge_entry(V_EDGE), bsp_id());
-    pulse(p);
-    check!(wait_for(20_000, || count(V_EDGE) >= 1), "edge interrupt broken after garbage");
+    if testdev::lines_available() {
+        let p = pin(0);
+        ioapic::set(p, edge_entry(V_EDGE), bsp_id());
+        pulse(p);
+        check!(wait_for(20_000, || count(V_EDGE) >= 1), "edge interrupt broken after garbage");
+    }
     apic::self_ipi(V_SELF);
     check!(wait_for(20_000, || count(V_SELF) >= 1), "self IPI broken after garbage");
     Outcome::Pass

@@ -102,6 +102,8 @@ pub fn exit(status: u32) -> ! {
         outl(PORT + EXIT, status);
     }
     outl(0xf4, status);
+    // QEMU's isa-debug-exit defaults to iobase 0x501, iosize 2 when not told 0xf4.
+    unsafe { core::arch::asm!("out dx, ax", in("dx") 0x501u16, in("ax") status as u16, options(nostack)) };
     let _ = inb(0x80);
     crate::arch::halt_forever()
 }
