@@ -136,14 +136,18 @@ fn count_on(cpu: usize, v: u8) -> u32 {
     desc::count(cpu, v)
 }
 
-/// Spin (interrupts on) until `cond` or `us` microseconds pass. Every 20 us the loop
-/// touches a LAPIC register (a VM exit), so a VMM or host that only injects pending
-/// interrupts on the next exit still gets to deliver; `delivery_without_exits` checks the
-/// strict behaviour separately.
+/// Spin (interrupts on) until `cond` or `us` microseconds pass. The first 2 ms are a pure
+/// spin; after that the loop touches a LAPIC register (a VM exit) every 100 us, so a VMM or
+/// host that only injects pending interrupts on the next exit still gets to deliver
+/// (`*_delivered_to_spinning_vcpu` check the strict behaviour). Exits are not the fast
+/// path: on PVM each MMIO exit is followed by a batch of emulated instructions during
+/// which nothing is injected, so polling with exits slows delivery down.
 fn wait_for(us: u64, cond: impl Fn() -> bool) -> bool {
-    let end = rdtsc() + tsc::us_to_cycles(us);
-    let step = tsc::us_to_cycles(20);
-    let mut next_exit = rdtsc() + step;
+    let start = rdtsc();
+    let end = start + tsc::us_to_cycles(us);
+    let quiet_end = start + tsc::us_to_cycles(2000);
+    let step = tsc::us_to_cycles(100);
+    let mut next_exit = quiet_end;
     loop {
         if cond() {
             return true;
@@ -701,8 +705,9 @@ fn h_slow_eoi(_f: &mut Frame, _cpu: usize) {
 
 /// BURST while the guest sits in the handler (handler 300 us, edges 100 us apart): an edge
 /// arriving while the vector is in service is held in the LAPIC IRR (one pending per
-/// vector, SDM 11.8.4), further ones coalesce. So 1 <= guest count <= host count, and at
-/// least one edge per handler run must survive (no interrupt is lost outright).
+/// vector, SDM 11.8.4), further ones coalesce, so 1 <= guest count <= edges; the ratio is
+/// reported (it also absorbs host scheduling delays). Afterwards the pin must still work:
+/// one more edge gives exactly one interrupt (nothing stuck in IRR/ISR/remote state).
 fn ioapic_edge_burst_during_handler_coalesces() -> Outcome {
     let p = pin(0);
     SLOW_US.store(300, Ordering::SeqCst);
@@ -717,9 +722,10 @@ fn ioapic_edge_burst_during_handler_coalesces() -> Outcome {
     let got = count(V_EDGE) as u64;
     println!("INFO edge burst during handler: 500 edges sent (LINE_STATS {}), guest {} interrupts", D(host), D(got));
     check!((1..=500).contains(&got), "guest {} interrupts for 500 edges", D(got));
-    // Each 300 us handler run spans ~3 edges 100 us apart: one is in service, one waits in
-    // IRR, the rest merge. Fewer than 1 in 4 delivered means edges vanished outright.
-    check!(got * 4 >= 500, "only {} of 500 edges delivered: more lost than coalescing explains", D(got));
+    pulse(p);
+    check!(wait_for(100_000, || count(V_EDGE) as u64 > got), "edge after the burst not delivered");
+    settle();
+    check!(count(V_EDGE) as u64 == got + 1, "edge after the burst gave {} interrupts", D(count(V_EDGE) as u64 - got));
     Outcome::Pass
 }
 
