@@ -10,8 +10,10 @@ pub mod ioapic;
 pub mod kvm;
 pub mod line;
 pub mod msi;
+pub mod msix;
 pub mod pic;
 pub mod ratelimit;
+pub mod routing;
 pub mod split;
 pub mod stats;
 
