@@ -63,19 +63,21 @@ mod tests {
                 loads.push((paddr, memsz));
             }
             if ty == 4 {
+                // The whole PT_NOTE segment must parse as notes: loaders walk all of it.
                 let mut n = off;
-                while n + 12 <= off + filesz {
+                while n < off + filesz {
                     let (namesz, descsz, nty) = (
                         u32_at(b, n) as usize,
                         u32_at(b, n + 4) as usize,
                         u32_at(b, n + 8),
                     );
-                    let name = &b[n + 12..n + 12 + namesz];
                     let desc = n + 12 + namesz.div_ceil(4) * 4;
-                    if nty == 18 && name == b"Xen\0" {
+                    let next = desc + descsz.div_ceil(4) * 4;
+                    assert!(next <= off + filesz, "malformed note at file offset {n:#x}");
+                    if nty == 18 && &b[n + 12..n + 12 + namesz] == b"Xen\0" {
                         entry = Some(u32_at(b, desc) as u64);
                     }
-                    n = desc + descsz.div_ceil(4) * 4;
+                    n = next;
                 }
             }
         }
