@@ -36,6 +36,18 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     match cli.command {
+        Command::Selftest(a) => finish(testkernel::run_embedded(
+            a.irqchip,
+            a.vcpus,
+            "irqvm.mode=test",
+            a.inject_fault,
+        )),
+        Command::Bench(a) => finish(testkernel::run_embedded(
+            a.irqchip,
+            a.vcpus,
+            "irqvm.mode=bench",
+            None,
+        )),
         Command::Run(args) => {
             let cfg = vm::VmConfig {
                 kernel: args.kernel,
@@ -49,6 +61,7 @@ fn main() -> ExitCode {
                 testdev: args.testdev,
                 kvm_device: args.kvm_device,
                 irq_stats: args.irq_stats,
+                inject_fault: args.inject_fault,
             };
             finish(vm::run(cfg))
         }
