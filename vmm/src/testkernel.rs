@@ -25,8 +25,7 @@ pub fn run_embedded(
     cmdline: &str,
     inject_fault: Option<InjectFault>,
 ) -> Result<Outcome, VmmError> {
-    let path = PathBuf::from(std::env::temp_dir())
-        .join(format!("irqvm-testkernel-{}.elf", std::process::id()));
+    let path = std::env::temp_dir().join(format!("irqvm-testkernel-{}.elf", std::process::id()));
     write_to(&path).map_err(|source| VmmError::Io {
         what: "writing the embedded test kernel to a temporary file",
         source,
