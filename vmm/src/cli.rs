@@ -68,13 +68,13 @@ pub struct SelftestArgs {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Interrupt controller emulation.
-    #[arg(long, value_enum, default_value_t = IrqchipMode::Split)]
-    pub irqchip: IrqchipMode,
+    /// Where to write results.jsonl, table.md, chart.svg and the guest logs.
+    #[arg(long, default_value = "bench-results", value_name = "DIR")]
+    pub output: PathBuf,
 
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub vcpus: u32,
+    /// Do not run the QEMU side-by-side columns.
+    #[arg(long)]
+    pub no_qemu: bool,
 }
 
 /// Which interrupt controller emulation to use.

@@ -1,5 +1,6 @@
 //! `irqvm`: the command-line entry point.
 
+mod bench;
 mod cli;
 mod console;
 mod host;
@@ -42,12 +43,7 @@ fn main() -> ExitCode {
             "irqvm.mode=test",
             a.inject_fault,
         )),
-        Command::Bench(a) => finish(testkernel::run_embedded(
-            a.irqchip,
-            a.vcpus,
-            "irqvm.mode=bench",
-            None,
-        )),
+        Command::Bench(a) => finish(bench::run(&a.output, !a.no_qemu)),
         Command::Run(args) => {
             let cfg = vm::VmConfig {
                 kernel: args.kernel,
