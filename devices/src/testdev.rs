@@ -45,6 +45,7 @@ pub mod cmd {
     pub const LINE_STATS: u32 = 6;
     pub const STATS_RESET: u32 = 7;
     pub const BURST_STATUS: u32 = 8;
+    pub const LINE_COALESCED: u32 = 9;
 }
 
 /// Longest BURST a guest may ask for, and the longest gap between its pulses. Bounds keep a
@@ -282,6 +283,7 @@ impl TestDevice {
                 Ok(0)
             }
             cmd::LINE_STATS => Ok(u32::try_from(self.lines.raised(a0)).unwrap_or(u32::MAX)),
+            cmd::LINE_COALESCED => Ok(u32::try_from(self.lines.coalesced(a0)).unwrap_or(u32::MAX)),
             cmd::STATS_RESET => {
                 self.lines.reset_stats();
                 Ok(0)

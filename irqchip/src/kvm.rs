@@ -203,6 +203,10 @@ impl LineProvider for KernelIrqchip {
         self.inner.stats.get(gsi, Counter::Raised)
     }
 
+    fn coalesced(&self, gsi: u32) -> u64 {
+        self.inner.stats.get(gsi, Counter::Coalesced)
+    }
+
     fn reset_stats(&self) {
         self.inner.stats.reset();
         self.inner.msis.store(0, Ordering::Relaxed);

@@ -27,6 +27,12 @@ pub trait LineProvider: Send + Sync {
     ) -> Result<std::sync::Arc<dyn InterruptLine>, crate::IrqError>;
     /// Times the line was raised by the host (any source) since the last `reset_stats`.
     fn raised(&self, gsi: u32) -> u64;
+    /// Raises of this GSI that did not become a separate interrupt: hidden by another source
+    /// of the wired-OR, or (split mode) merged into a vector already pending in the local
+    /// APIC's IRR. `--irqchip kernel` cannot see the LAPIC part (KVM does not report it).
+    fn coalesced(&self, _gsi: u32) -> u64 {
+        0
+    }
     /// Zero the host-side counters.
     fn reset_stats(&self);
 }

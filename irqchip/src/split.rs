@@ -393,6 +393,10 @@ impl LineProvider for SplitIrqchip {
         self.inner.stats.get(gsi, Counter::Raised)
     }
 
+    fn coalesced(&self, gsi: u32) -> u64 {
+        self.inner.stats.get(gsi, Counter::Coalesced)
+    }
+
     fn reset_stats(&self) {
         self.inner.stats.reset();
     }

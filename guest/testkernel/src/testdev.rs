@@ -23,6 +23,7 @@ pub const MSI_SIGNAL: u32 = 5;
 pub const LINE_STATS: u32 = 6;
 pub const STATS_RESET: u32 = 7;
 pub const BURST_STATUS: u32 = 8;
+pub const LINE_COALESCED: u32 = 9;
 
 /// HOST bit 0: the host KVM is PVM.
 pub const HOST_PVM: u32 = 1;
