@@ -1277,7 +1277,7 @@ fn run_one(t: &mut Tally, i: usize, c: &Case) {
 }
 
 /// Switch every CPU to x2APIC mode (SDM 11.12.5: xAPIC -> x2APIC keeps the state).
-fn enter_x2apic() -> bool {
+pub fn enter_x2apic() -> bool {
     if !apic::has_x2apic() {
         return false;
     }
