@@ -700,7 +700,7 @@ fn ioapic_edge_burst_from_host_none_lost() -> Outcome {
     let r = testdev::command(testdev::BURST, [p, 0, 100, 20_000]);
     check!(r == 0, "BURST refused ({})", X(r as u64));
     check!(wait_burst_done(30_000), "BURST did not finish in 30 s");
-    settle();
+    settle_count(V_EDGE);
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]);
     let got = count(V_EDGE);
     check!(got == 100, "guest saw {} of 100 edges 20 ms apart (host LINE_STATS {})", D(got as u64), D(host as u64));
