@@ -51,6 +51,8 @@ pub enum IrqError {
         #[source]
         source: std::io::Error,
     },
+    #[error("MSI not delivered: {0}")]
+    InvalidMsi(#[from] msi::MsiError),
     #[error("KVM refused the interrupt request ({what})")]
     Kvm {
         what: &'static str,

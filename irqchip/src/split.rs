@@ -27,13 +27,13 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP,
+    kvm_enable_cap, kvm_irq_routing_entry, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP,
     KVM_IRQ_ROUTING_MSI,
 };
 use kvm_ioctls::VmFd;
 
 use crate::ioapic::{Ioapic, IoapicEffects, IoapicFault};
-use crate::kvm::{pic_irq_for_gsi, SOURCES_PER_GSI};
+use crate::kvm::{pic_irq_for_gsi, signal_checked_msi, SOURCES_PER_GSI};
 use crate::pic::PicPair;
 use crate::stats::{Counter, IrqStats};
 use crate::{
@@ -192,17 +192,11 @@ impl SplitIrqchip {
         Ok(())
     }
 
-    fn signal_msi(&self, msg: MsiMessage) {
+    /// Send `msg`; returns whether KVM delivered it (false: invalid, failed, or coalesced
+    /// into a vector already pending in the destination's IRR).
+    fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError> {
         self.inner.msis.fetch_add(1, Ordering::Relaxed);
-        let msi = kvm_msi {
-            address_lo: msg.address as u32,
-            address_hi: (msg.address >> 32) as u32,
-            data: msg.data,
-            ..Default::default()
-        };
-        if let Err(e) = self.inner.vm.signal_msi(msi) {
-            guest_warn!("KVM_SIGNAL_MSI {msg:?} failed: {e}");
-        }
+        signal_checked_msi(&self.inner.vm, msg)
     }
 
     /// Carry out what the IOAPIC asked for, under the state lock: routes first (so an EOI of
@@ -214,8 +208,13 @@ impl SplitIrqchip {
                 log::error!("installing IOAPIC routes failed: {e}");
             }
         }
-        for (_pin, msg) in fx.deliveries() {
-            self.signal_msi(msg);
+        for (pin, msg) in fx.deliveries() {
+            match self.signal_msi(msg) {
+                Ok(true) => {}
+                // Already pending in the LAPIC's IRR: the edge merged with the earlier one.
+                Ok(false) => self.inner.stats.record(pin as u32, Counter::Coalesced),
+                Err(e) => guest_warn!("IOAPIC pin {pin}: {e}"),
+            }
         }
         if fx.throttled != 0 {
             self.schedule_reservice(fx.throttled);
@@ -401,8 +400,7 @@ impl LineProvider for SplitIrqchip {
 
 impl MsiSender for SplitIrqchip {
     fn send_msi(&self, msg: MsiMessage) -> Result<(), IrqError> {
-        self.signal_msi(msg);
-        Ok(())
+        self.signal_msi(msg).map(|_| ())
     }
 }
 

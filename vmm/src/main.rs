@@ -1,5 +1,6 @@
 //! `irqvm`: the command-line entry point.
 
+mod bench;
 mod cli;
 mod console;
 mod host;
@@ -36,6 +37,13 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     match cli.command {
+        Command::Selftest(a) => finish(testkernel::run_embedded(
+            a.irqchip,
+            a.vcpus,
+            "irqvm.mode=test",
+            a.inject_fault,
+        )),
+        Command::Bench(a) => finish(bench::run(&a.output, !a.no_qemu)),
         Command::Run(args) => {
             let cfg = vm::VmConfig {
                 kernel: args.kernel,
@@ -49,6 +57,7 @@ fn main() -> ExitCode {
                 testdev: args.testdev,
                 kvm_device: args.kvm_device,
                 irq_stats: args.irq_stats,
+                inject_fault: args.inject_fault,
             };
             finish(vm::run(cfg))
         }

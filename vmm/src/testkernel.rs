@@ -5,9 +5,10 @@
 //! segment at 1 MiB. Kernel command line: `irqvm.mode=bench` selects the delivery-cost
 //! measurements instead of the test cases; `irqvm.ncpus=N` overrides the CPU count when the
 //! test device is absent (QEMU).
-#![allow(dead_code)] // used by the self-test / bench subcommands and tests
+use std::path::{Path, PathBuf};
 
-use std::path::Path;
+use crate::cli::{CpuTemplateArg, InjectFault, IrqchipMode, SerialOut};
+use crate::vm::{self, Outcome, VmConfig, VmmError};
 
 /// The test kernel ELF image.
 pub const TESTKERNEL_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testkernel.elf"));
@@ -15,6 +16,36 @@ pub const TESTKERNEL_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/test
 /// Write the embedded test kernel to `path` (e.g. to boot it under QEMU).
 pub fn write_to(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, TESTKERNEL_ELF)
+}
+
+/// Boot the embedded test kernel with the test device: `irqvm selftest` and `irqvm bench`.
+pub fn run_embedded(
+    irqchip: IrqchipMode,
+    vcpus: u32,
+    cmdline: &str,
+    inject_fault: Option<InjectFault>,
+) -> Result<Outcome, VmmError> {
+    let path = std::env::temp_dir().join(format!("irqvm-testkernel-{}.elf", std::process::id()));
+    write_to(&path).map_err(|source| VmmError::Io {
+        what: "writing the embedded test kernel to a temporary file",
+        source,
+    })?;
+    let r = vm::run(VmConfig {
+        kernel: path.clone(),
+        initrd: None,
+        cmdline: cmdline.to_string(),
+        mem_mib: 64,
+        vcpus,
+        irqchip,
+        serial: SerialOut::Stdio,
+        cpu_template: CpuTemplateArg::Auto,
+        testdev: true,
+        kvm_device: PathBuf::from("/dev/kvm"),
+        irq_stats: false,
+        inject_fault,
+    });
+    let _ = std::fs::remove_file(&path);
+    r
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::{CpuTemplateArg, IrqchipMode, SerialOut};
+use crate::cli::{CpuTemplateArg, InjectFault, IrqchipMode, SerialOut};
 use crate::console;
 use crate::vcpu::{self, VcpuContext};
 
@@ -55,6 +55,8 @@ pub struct VmConfig {
     pub kvm_device: PathBuf,
     /// Print the host-side interrupt counters at exit.
     pub irq_stats: bool,
+    /// Break the userspace controller on purpose (testing the tests).
+    pub inject_fault: Option<InjectFault>,
 }
 
 /// How a VM ended.
@@ -104,6 +106,8 @@ pub enum VmmError {
         path: String,
         source: kvm_ioctls::Error,
     },
+    #[error("--inject-fault needs --irqchip split (the in-kernel controllers cannot be broken from userspace)")]
+    FaultNeedsSplit,
     #[error("--vcpus {0}: a VM needs at least one vCPU")]
     NoVcpus(u32),
     #[error("--vcpus {asked}: this host's KVM allows at most {max}")]
@@ -358,6 +362,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     let mut split: Option<SplitIrqchip> = None;
     let (lines, msi): (Arc<dyn LineProvider>, Arc<dyn MsiSender>) = match cfg.irqchip {
         IrqchipMode::Kernel => {
+            if cfg.inject_fault.is_some() {
+                return Err(VmmError::FaultNeedsSplit);
+            }
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
             let pit = kvm_pit_config {
@@ -371,6 +378,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
         IrqchipMode::Split => {
             let chip = SplitIrqchip::new(vm.clone(), stats.clone())?;
+            if cfg.inject_fault == Some(InjectFault::ForgetRemoteIrr) {
+                log::warn!("fault injected: the IOAPIC will not clear remote IRR on EOI");
+                chip.set_ioapic_fault(irqchip::ioapic::IoapicFault::ForgetRemoteIrrOnEoi);
+            }
             split = Some(chip.clone());
             (Arc::new(chip.clone()), Arc::new(chip))
         }
