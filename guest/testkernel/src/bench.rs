@@ -189,6 +189,16 @@ pub fn run() -> u32 {
     desc::set_handler(V, Some(h_eoi));
     run_path(&mut t, "self_ipi", false, || apic::self_ipi(V));
 
+    // The same followed by an empty PIO exit to the VMM: shows whether the pending IPI is
+    // injected at the next VM entry after a userspace exit (on PVM the plain self IPI waits
+    // much longer than that).
+    if testdev::present() {
+        run_path(&mut t, "self_ipi_then_pio_exit", false, || {
+            apic::self_ipi(V);
+            outl(testdev::DOORBELL, 0);
+        });
+    }
+
     // IOAPIC edge: LINE_PULSE -> handler.
     let g = gsi();
     if testdev::lines_available() {
@@ -287,6 +297,15 @@ pub fn run() -> u32 {
         emit_quiet(&mut t, "serial_thre");
     } else {
         skip(&mut t, "serial_thre", "enabling THRE raised no IRQ 4");
+    }
+
+    // Self IPI again in x2APIC mode (WRMSR to the SELF IPI register instead of an MMIO ICR
+    // write).
+    if crate::cases::enter_x2apic() {
+        desc::set_handler(V, Some(h_eoi));
+        run_path(&mut t, "self_ipi_x2apic", false, || apic::self_ipi(V));
+    } else {
+        skip(&mut t, "self_ipi_x2apic", "no x2APIC");
     }
 
     desc::set_handler(V, None);

@@ -229,6 +229,17 @@ fn settle() {
     tsc::delay_us(3000);
 }
 
+/// Wait until `v`'s count has not changed for 50 ms (late deliveries on a loaded host).
+fn settle_count(v: u8) {
+    for _ in 0..100 {
+        let c = count(v);
+        wait_for(50_000, || false);
+        if count(v) == c {
+            return;
+        }
+    }
+}
+
 fn h_noeoi(_f: &mut Frame, _cpu: usize) {}
 
 fn h_pic_eoi(f: &mut Frame, _cpu: usize) {
@@ -739,7 +750,7 @@ fn ioapic_edge_burst_from_host_none_lost() -> Outcome {
     let r = testdev::command(testdev::BURST, [p, 0, 100, 20_000]);
     check!(r == 0, "BURST refused ({})", X(r as u64));
     check!(wait_burst_done(30_000), "BURST did not finish in 30 s");
-    settle();
+    settle_count(V_EDGE);
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]);
     let merged = testdev::command(testdev::LINE_COALESCED, [p, 0, 0, 0]);
     let got = count(V_EDGE);
@@ -780,7 +791,7 @@ fn ioapic_edge_burst_during_handler_coalesces() -> Outcome {
     let r = testdev::command(testdev::BURST, [p, 0, 500, 100]);
     check!(r == 0, "BURST refused");
     check!(wait_burst_done(30_000), "BURST did not finish");
-    settle();
+    settle_count(V_EDGE);
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]) as u64;
     let got = count(V_EDGE) as u64;
     println!("INFO edge burst during handler: 500 edges sent (LINE_STATS {}), guest {} interrupts", D(host), D(got));
@@ -1041,6 +1052,57 @@ fn pic_priority_rotation() -> Outcome {
     Outcome::Pass
 }
 
+/// A level request withdrawn before the CPU could acknowledge it (IF = 0 throughout) must
+/// not be delivered as that IRQ; the 8259A datasheet ("Interrupt Sequence") allows a
+/// spurious IR7 instead, whose ISR bit stays clear.
+fn pic_withdrawn_request_not_delivered_or_spurious_irq7() -> Outcome {
+    pic_setup(false);
+    let (v, v7) = (PIC_MASTER + PIC_IRQ_B as u8, PIC_MASTER + 7);
+    let old = pic::elcr();
+    pic::set_elcr(old | (1 << PIC_IRQ_B));
+    desc::set_handler(v, Some(h_pic_eoi));
+    static ISR7: AtomicU32 = AtomicU32::new(0);
+    ISR7.store(0, Ordering::SeqCst);
+    desc::set_handler(v7, Some(|_f, _c| {
+        ISR7.store(pic::read_isr(pic::M_CMD) as u32 | 0x100, Ordering::SeqCst);
+    }));
+    unmask_irq(PIC_IRQ_B);
+    pic::set_mask(pic::mask() & !(1 << 7));
+    arch::cli();
+    line(PIC_IRQ_B, 0, true);
+    tsc::delay_us(3000);
+    line(PIC_IRQ_B, 0, false);
+    arch::sti();
+    settle();
+    pic::set_elcr(old);
+    let isr7 = ISR7.load(Ordering::SeqCst);
+    check!(count(v) == 0, "withdrawn IRQ {} was delivered", D(PIC_IRQ_B as u64));
+    if count(v7) > 0 {
+        println!("INFO withdrawn request gave a spurious IRQ 7 (ISR {})", X((isr7 & 0xff) as u64));
+        check!(isr7 & 0x80 == 0, "spurious IRQ 7 set ISR bit 7");
+    }
+    Outcome::Pass
+}
+
+/// Lowest-priority delivery (82093AA delivery mode 001) to a logical set of CPUs reaches
+/// exactly one of them per edge.
+fn ioapic_lowest_priority_reaches_one_cpu() -> Outcome {
+    let p = pin(0);
+    ioapic::set(p, edge_entry(V_EDGE) | ioapic::DM_LOWEST | ioapic::LOGICAL, 0x03);
+    for n in 1..=10u32 {
+        pulse(p);
+        check!(wait_for(100_000, || count(V_EDGE) >= n), "edge {} not delivered", D(n as u64));
+    }
+    settle();
+    check!(count(V_EDGE) == 10, "10 edges gave {} interrupts", D(count(V_EDGE) as u64));
+    println!(
+        "INFO lowest priority: vCPU0 {} vCPU1 {}",
+        D(count_on(0, V_EDGE) as u64),
+        D(count_on(1, V_EDGE) as u64)
+    );
+    Outcome::Pass
+}
+
 /// Slave on master IR2 (ICW3): IRQ 10 arrives at slave base + 2 with ISR bits set in both
 /// chips until both get an EOI.
 fn pic_slave_cascade_needs_both_eois() -> Outcome {
@@ -1257,6 +1319,7 @@ pub static CASES: &[Case] = &[
     Case { name: "ioapic_active_low_delivers_on_assert", needs: LINES, f: ioapic_active_low_delivers_on_assert },
     Case { name: "ioapic_physical_destination_vcpu1", needs: LINES | SMP | X2, f: ioapic_physical_destination_vcpu1 },
     Case { name: "ioapic_logical_destination", needs: LINES, f: ioapic_logical_destination },
+    Case { name: "ioapic_lowest_priority_reaches_one_cpu", needs: LINES | SMP, f: ioapic_lowest_priority_reaches_one_cpu },
     Case { name: "ioapic_nmi_delivery_mode", needs: LINES, f: ioapic_nmi_delivery_mode },
     Case { name: "hostile_garbage_then_edge_still_works", needs: 0, f: hostile_garbage_then_edge_still_works },
     Case { name: "ioapic_shared_level_line_drops_one_source_at_a_time", needs: TESTDEV, f: ioapic_shared_level_line_drops_one_source_at_a_time },
@@ -1273,6 +1336,7 @@ pub static CASES: &[Case] = &[
     Case { name: "pic_non_specific_eoi_clears_isr_bit", needs: PIC | LINES, f: pic_non_specific_eoi_clears_isr_bit },
     Case { name: "pic_aeoi_needs_no_eoi", needs: PIC | LINES, f: pic_aeoi_needs_no_eoi },
     Case { name: "pic_priority_rotation", needs: PIC | LINES, f: pic_priority_rotation },
+    Case { name: "pic_withdrawn_request_not_delivered_or_spurious_irq7", needs: PIC | LINES, f: pic_withdrawn_request_not_delivered_or_spurious_irq7 },
     Case { name: "pic_slave_cascade_needs_both_eois", needs: PIC | LINES, f: pic_slave_cascade_needs_both_eois },
     Case { name: "serial_thre_interrupt", needs: 0, f: serial_thre_interrupt },
     Case { name: "ioapic_storm_100k", needs: TESTDEV, f: ioapic_storm_100k },
@@ -1342,7 +1406,7 @@ fn run_one(t: &mut Tally, i: usize, c: &Case) {
 }
 
 /// Switch every CPU to x2APIC mode (SDM 11.12.5: xAPIC -> x2APIC keeps the state).
-fn enter_x2apic() -> bool {
+pub fn enter_x2apic() -> bool {
     if !apic::has_x2apic() {
         return false;
     }
