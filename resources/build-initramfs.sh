@@ -79,7 +79,7 @@ if [ -n "$MODROOT" ]; then
 	declare -A DEP PATHOF SEEN
 	while IFS= read -r line; do
 		m="${line%%:*}"
-		n="$(basename "$m")"; n="${n%%.ko*}"; n="${n//-/_}"
+		n="${m##*/}"; n="${n%%.ko*}"; n="${n//-/_}"
 		PATHOF[$n]="$m"
 		DEP[$m]="${line#*:}"
 	done < "$MODDIR/modules.dep"

@@ -82,7 +82,10 @@ if [[ "$CMDLINE" == *irqvm.init=shell* ]] && [ -t 0 ]; then
 	"${QEMU[@]}"
 	status=$?
 else
-	exec 3< <("${QEMU[@]}" < /dev/null 2>&1; echo "__QEMU_EXIT__ $?")
+	# stdin goes to the guest console only for the shell action (e.g. a here-doc).
+	qin=/dev/null
+	[[ "$CMDLINE" == *irqvm.init=shell* ]] && qin=/dev/stdin
+	exec 3< <("${QEMU[@]}" < "$qin" 2>&1; echo "__QEMU_EXIT__ $?")
 	status=255
 	while IFS= read -r line <&3; do
 		line="${line%$'\r'}"
