@@ -59,6 +59,8 @@ const ECX_AVX: u32 = bit(28);
 const ECX_F16C: u32 = bit(29);
 const ECX_RDRAND: u32 = bit(30);
 const ECX_HYPERVISOR: u32 = bit(31);
+// Leaf 06h EAX: ARAT (APIC timer always running).
+const EAX6_ARAT: u32 = bit(2);
 // Leaf 01h EDX.
 const EDX_HTT: u32 = bit(28);
 // Leaf 07h.0 EBX: keep only ERMS under pvm-safe.
@@ -121,6 +123,13 @@ pub fn build_cpuid(supported: &CpuId, template: CpuTemplate, topo: VcpuTopology)
                 }
                 // x2APIC and TSC-deadline stay as KVM reports them (its LAPIC emulates both).
                 let _ = (ECX_X2APIC, ECX_TSC_DEADLINE);
+            }
+            0x6 => {
+                // Hide ARAT in every template: Linux 6.1 then keeps the 8254 PIT for boot-time
+                // ticks (apic_needs_pit()), so IRQ0 -> IOAPIC pin 2 is exercised and checked by
+                // Linux's check_timer() on every boot. With hlt-based idle the LAPIC timer
+                // never stops, so the only cost is a few PIT ticks during boot.
+                e.eax &= !EAX6_ARAT;
             }
             0x7 if pvm => {
                 if e.index == 0 {
@@ -270,6 +279,18 @@ mod tests {
         }
         assert_eq!(get(&c, 7, 0).ebx, EBX7_ERMS);
         assert!(c.as_slice().iter().all(|e| e.function != 0xd));
+    }
+
+    #[test]
+    fn arat_is_hidden_so_linux_keeps_the_pit() {
+        let mut sup: Vec<kvm_cpuid_entry2> = supported().as_slice().to_vec();
+        sup.push(kvm_cpuid_entry2 {
+            function: 6,
+            eax: 0x4 | 0x1,
+            ..Default::default()
+        });
+        let c = build_cpuid(&CpuId::from_entries(&sup).unwrap(), CpuTemplate::Host, T2);
+        assert_eq!(get(&c, 6, 0).eax, 0x1);
     }
 
     #[test]

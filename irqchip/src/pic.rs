@@ -11,7 +11,7 @@
 //! * **Initialization** ("Initialization Command Words"): a write to the command port with
 //!   D4 = 1 is ICW1 and starts the sequence ICW2 (vector base T7..T3), ICW3 (only if SNGL = 0:
 //!   slave bitmap on the master, slave ID on the slave) and ICW4 (only if IC4 = 1: µPM, AEOI,
-//!   M/S, BUF, SFNM). ICW1 clears IMR and ISR, sets IR7 to lowest priority, clears special mask
+//!   M/S, BUF, SFNM; M/S and BUF only concern bus buffering and are ignored). ICW1 clears IMR and ISR, sets IR7 to lowest priority, clears special mask
 //!   mode, selects IRR for status reads and, with IC4 = 0, zeroes all ICW4 functions. It resets
 //!   the edge-sense circuit: a line that is already high must fall and rise again to request.
 //!   The chip's INT output stays low until the sequence completes, so no vector is produced
@@ -25,8 +25,9 @@
 //!   priority base; an unmasked request interrupts when its priority is strictly higher than
 //!   the highest in-service level. In **special mask mode** in-service levels that are masked
 //!   in the IMR do not block anything. In **special fully nested mode** (SFNM, master only) a
-//!   request on an IR that has a slave (ICW3) is recognised even while that IR is in service,
-//!   so a higher-priority slave interrupt can nest.
+//!   request on the cascade input IR2 is recognised even while IR2 is in service, so a
+//!   higher-priority slave interrupt can nest. ICW3 is checked against the PC wiring (slave on
+//!   master IR2, slave ID 2) and a mismatch is only logged: the wiring cannot change.
 //! * **INTA** ("Interrupt Sequence"): [`PicPair::inta`] sets the highest request's ISR bit and
 //!   clears its IRR bit (a level line that is still high re-requests at once, blocked by its
 //!   own ISR bit); if the master serves IR2 the slave supplies the vector. If the request
@@ -39,7 +40,9 @@
 //!   ([`crate::line::InterruptLine::pulse`]), so taken literally every pulse would become a
 //!   spurious IR7. This model latches IRR on the rising edge and keeps it latched when the line
 //!   falls, as the in-kernel KVM PIC does, so both irqchip modes behave alike. A level line's
-//!   IRR bit always follows the line.
+//!   IRR bit always follows the line. [`PicPair::set_strict_edge`] switches to the datasheet's
+//!   rule instead (an edge request is withdrawn when its line falls before INTA, which then
+//!   yields the default IR7); it is off by default and exists to test guests against it.
 //! * **Cascade input**: the master latches an IR2 request whenever the slave's INT output is
 //!   high after an operation (not only on its rising edge), so a slave request still pending
 //!   after an INTA or EOI is never lost for want of a fresh edge. Like any edge request it
@@ -133,6 +136,8 @@ struct Pic8259 {
     highest: u8,
     /// IRs whose ISR bit an EOI (or AEOI) cleared since the last take.
     eoi_irs: u8,
+    /// Datasheet edge rule: an edge request falls with its line.
+    strict_edge: bool,
 }
 
 impl Pic8259 {
@@ -162,6 +167,7 @@ impl Pic8259 {
             poll: false,
             highest: 0,
             eoi_irs: 0,
+            strict_edge: false,
         }
     }
 
@@ -201,8 +207,11 @@ impl Pic8259 {
         }
     }
 
+    /// Whether a slave hangs off `ir`. The PC wiring fixes the only slave on IR2; a master
+    /// ICW3 claiming others is logged and otherwise ignored (there is nothing to answer an
+    /// INTA on those inputs).
     fn has_slave(&self, ir: u8) -> bool {
-        !self.single && (ir == CASCADE_IRQ || self.icw3 & (1 << ir) != 0)
+        !self.single && ir == CASCADE_IRQ
     }
 
     /// INT output.
@@ -226,6 +235,8 @@ impl Pic8259 {
         } else if level && !was {
             coalesced = self.irr & m != 0;
             self.irr |= m;
+        } else if !level && self.strict_edge {
+            self.irr &= !m;
         }
         if level {
             self.input |= m;
@@ -462,6 +473,13 @@ impl PicPair {
         }
     }
 
+    /// Follow the datasheet's edge rule ("Edge and Level Triggered Modes": the IR input must
+    /// stay high until the first INTA) instead of latching edges; see the module docs.
+    pub fn set_strict_edge(&mut self, strict: bool) {
+        self.master.strict_edge = strict;
+        self.slave.strict_edge = strict;
+    }
+
     /// Record counters (delivered, coalesced, EOI, spurious; under the IRQ number) here.
     pub fn set_stats(&mut self, stats: Arc<IrqStats>) {
         self.stats = Some(stats);
@@ -478,7 +496,9 @@ impl PicPair {
         let (mi, si) = (self.master.input, self.slave.input);
         let stats = self.stats.take();
         let ext = self.ext_ir2;
+        let strict = self.master.strict_edge;
         *self = Self::new();
+        self.set_strict_edge(strict);
         self.master.input = mi;
         self.slave.input = si;
         self.ext_ir2 = ext;
@@ -1222,6 +1242,21 @@ mod tests {
     }
 
     #[test]
+    fn sfnm_does_not_let_a_non_cascade_level_line_nest_into_itself() {
+        // ICW3 claims a slave on IR4; there is none, so IR4 keeps fully nested rules.
+        let mut p = PicPair::new();
+        p.write(0x20, 0x11);
+        p.write(0x21, 0x20);
+        p.write(0x21, 0x14);
+        p.write(0x21, 0x11);
+        p.write(0x21, 0x00);
+        p.write(ELCR_MASTER, 1 << 4);
+        p.set_irq(4, true);
+        assert_eq!(p.inta(), 0x24);
+        assert!(!p.interrupt_pending());
+    }
+
+    #[test]
     fn pending_slave_request_survives_inta_of_another_slave_irq() {
         let mut p = pc_pic();
         pulse(&mut p, 9);
@@ -1277,6 +1312,49 @@ mod tests {
         let mut p = pc_pic();
         p.set_irq(2, true);
         assert!(!p.interrupt_pending());
+    }
+
+    #[test]
+    fn strict_edge_mode_withdraws_a_request_whose_line_fell_before_inta() {
+        let mut p = pc_pic();
+        p.set_strict_edge(true);
+        pulse(&mut p, 4);
+        assert!(!p.interrupt_pending());
+        assert_eq!(p.inta(), 0x27, "default IR7");
+        p.set_irq(4, true);
+        assert_eq!(p.inta(), 0x24, "held high until INTA: served");
+    }
+
+    #[test]
+    fn irr_read_shows_masked_requests() {
+        let mut p = pc_pic();
+        p.write(0x21, 0xFF);
+        pulse(&mut p, 6);
+        assert_eq!(p.read(0x20), 1 << 6);
+    }
+
+    #[test]
+    fn poll_of_the_slave_returns_its_own_level() {
+        let mut p = pc_pic();
+        p.write(0x21, 0xFF); // a polling guest masks the master
+        pulse(&mut p, 13);
+        p.write(0xA0, 0x0C);
+        assert_eq!(p.read(0xA0), 0x80 | 5);
+        assert_eq!(p.isr() >> 8, 1 << 5);
+    }
+
+    #[test]
+    fn elcr_switching_a_high_line_to_level_requests_at_once() {
+        let mut p = pc_pic();
+        p.write(0x21, 1 << 5);
+        p.set_irq(5, true);
+        p.write(0x20, 0x20);
+        p.write(0x21, 0);
+        p.inta();
+        p.write(0x20, 0x20);
+        assert!(!p.interrupt_pending(), "edge: served once");
+        p.write(ELCR_MASTER, 1 << 5);
+        assert!(p.interrupt_pending(), "level: the high line requests");
     }
 
     #[test]
@@ -1381,9 +1459,12 @@ mod tests {
 
         #[test]
         fn any_port_sequence_never_panics_and_keeps_invariants(
+            from_power_on: bool,
+            strict: bool,
             ops in proptest::collection::vec(op(), 0..200)
         ) {
-            let mut p = pc_pic();
+            let mut p = if from_power_on { PicPair::new() } else { pc_pic() };
+            p.set_strict_edge(strict);
             for o in ops {
                 match o {
                     Op::Write(port, v) => p.write(port, v),

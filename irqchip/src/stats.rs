@@ -3,7 +3,8 @@
 //! Controllers and the backend bump counters through a shared [`IrqStats`] (all atomics, so
 //! any thread may record). Counters per GSI:
 //!
-//! * `raised`: a source asserted or pulsed the line (per source 0..=7 as well),
+//! * `raised`: the line (the wired-OR of its sources) went up or was pulsed; per source 0..=7
+//!   separately ([`IrqStats::record_source_raise`]),
 //! * `delivered`: the controller sent the interrupt to the CPU(s),
 //! * `coalesced`: raised while a request was already pending, so it merged with it,
 //! * `eoi`: end-of-interrupt reached the controller for this GSI,
@@ -83,6 +84,8 @@ pub struct GsiSnapshot {
     pub eoi: u64,
     pub spurious: u64,
     pub throttled: u64,
+    /// Raises per named source 0..=7.
+    pub source_raised: [u64; SOURCES_PER_GSI],
 }
 
 impl GsiSnapshot {
@@ -111,7 +114,21 @@ impl GsiSnapshot {
 
     /// Whether every counter is zero.
     pub fn is_zero(&self) -> bool {
-        Counter::ALL.iter().all(|c| self.get(*c) == 0)
+        Counter::ALL.iter().all(|c| self.get(*c) == 0) && self.source_raised.iter().all(|n| *n == 0)
+    }
+
+    /// `s0=N,s3=M` for the sources with a non-zero count (empty if none).
+    fn sources_text(&self) -> String {
+        let mut out = String::new();
+        for (i, n) in self.source_raised.iter().enumerate() {
+            if *n != 0 {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                let _ = write!(out, "s{i}={n}");
+            }
+        }
+        out
     }
 }
 
@@ -155,15 +172,16 @@ impl IrqStats {
         }
     }
 
-    /// A raise by named source `source` (0..=7): bumps `raised` and the per-source count.
+    /// A raise by named source `source` (0..=7): bumps only the per-source count. The GSI's
+    /// `raised` counter is the line's (the wired-OR output's) and is recorded separately with
+    /// [`IrqStats::record`], so a raise hidden by another source holding the line is not a
+    /// line raise.
     pub fn record_source_raise(&self, gsi: u32, source: u8) {
-        if let Some(g) = self.gsi(gsi) {
-            if let Some(s) = g.source_raised.get(usize::from(source)) {
-                s.fetch_add(1, Ordering::Relaxed);
-                if let Some(c) = g.counters.get(Counter::Raised.index()) {
-                    c.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if let Some(s) = self
+            .gsi(gsi)
+            .and_then(|g| g.source_raised.get(usize::from(source)))
+        {
+            s.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -208,6 +226,9 @@ impl IrqStats {
         for c in Counter::ALL {
             s.set(c, self.get(gsi, c));
         }
+        for (src, slot) in s.source_raised.iter_mut().enumerate() {
+            *slot = self.source_raised(gsi, src as u8);
+        }
         s
     }
 
@@ -225,7 +246,7 @@ impl IrqStats {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:>5} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  NAME",
+            "{:>5} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  NAME [SOURCES]",
             "GSI", "RAISED", "DELIVERED", "COALESCED", "EOI", "SPURIOUS", "THROTTLED"
         );
         for s in self.snapshot() {
@@ -233,17 +254,23 @@ impl IrqStats {
                 .get(s.gsi as usize)
                 .and_then(|l| l.as_deref())
                 .unwrap_or("");
-            let _ = writeln!(
+            let sources = s.sources_text();
+            let _ = write!(
                 out,
                 "{:>4}: {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}  {}",
                 s.gsi, s.raised, s.delivered, s.coalesced, s.eoi, s.spurious, s.throttled, label
             );
+            if !sources.is_empty() {
+                let _ = write!(out, " [{sources}]");
+            }
+            out.push('\n');
         }
         out
     }
 
-    /// One `irqstat gsi=N raised=.. delivered=.. coalesced=.. eoi=.. spurious=.. throttled=..`
-    /// line per GSI with a non-zero count; read back with [`parse_parseable`].
+    /// One `irqstat gsi=N raised=.. delivered=.. coalesced=.. eoi=.. spurious=.. throttled=..
+    /// sources=n0,..,n7` line per GSI with a non-zero count; read back with
+    /// [`parse_parseable`].
     pub fn format_parseable(&self) -> String {
         let mut out = String::new();
         for s in self.snapshot() {
@@ -251,6 +278,8 @@ impl IrqStats {
             for c in Counter::ALL {
                 let _ = write!(out, " {}={}", c.name(), s.get(c));
             }
+            let sources: Vec<String> = s.source_raised.iter().map(u64::to_string).collect();
+            let _ = write!(out, " sources={}", sources.join(","));
             out.push('\n');
         }
         out
@@ -282,6 +311,15 @@ pub fn parse_parseable(text: &str) -> Result<Vec<GsiSnapshot>, StatsParseError> 
                 line: i + 1,
                 field: w.to_string(),
             })?;
+            if k == "sources" {
+                for (slot, n) in snap.source_raised.iter_mut().zip(v.split(',')) {
+                    *slot = n.parse().map_err(|_| StatsParseError::BadField {
+                        line: i + 1,
+                        field: w.to_string(),
+                    })?;
+                }
+                continue;
+            }
             let v: u64 = v.parse().map_err(|_| StatsParseError::BadField {
                 line: i + 1,
                 field: w.to_string(),
@@ -323,19 +361,24 @@ mod tests {
         let s = IrqStats::new(2);
         s.record(100, Counter::Eoi);
         s.record_source_raise(1, 200);
+        s.record_source_raise(100, 1);
         assert_eq!(s.get(100, Counter::Eoi), 0);
-        assert_eq!(s.get(1, Counter::Raised), 0);
+        assert_eq!(s.source_raised(1, 200), 0);
     }
 
     #[test]
-    fn source_raise_counts_per_source_and_total() {
+    fn source_raise_counts_per_source_only() {
         let s = IrqStats::new(24);
         s.record_source_raise(10, 0);
         s.record_source_raise(10, 7);
         s.record_source_raise(10, 7);
         assert_eq!(s.source_raised(10, 7), 2);
         assert_eq!(s.source_raised(10, 0), 1);
-        assert_eq!(s.get(10, Counter::Raised), 3);
+        assert_eq!(
+            s.get(10, Counter::Raised),
+            0,
+            "line raises are recorded by the backend"
+        );
     }
 
     #[test]
@@ -353,23 +396,33 @@ mod tests {
         let s = IrqStats::new(24);
         s.record(4, Counter::Delivered);
         s.record(9, Counter::Spurious);
+        s.record_source_raise(4, 2);
         s.set_label(4, "serial");
         let t = s.format_table();
         assert_eq!(t.lines().count(), 3, "{t}");
-        assert!(t.lines().nth(1).is_some_and(|l| l.contains("serial")));
+        assert!(
+            t.lines()
+                .nth(1)
+                .is_some_and(|l| l.ends_with("serial [s2=1]")),
+            "{t}"
+        );
         assert!(t.lines().next().is_some_and(|l| l.contains("THROTTLED")));
     }
 
     #[test]
     fn parseable_form_round_trips() {
         let s = IrqStats::new(64);
+        s.record_source_raise(3, 6);
+        s.record_source_raise(50, 0);
         s.add(3, Counter::Raised, 7);
         s.add(3, Counter::Coalesced, 2);
         s.add(40, Counter::Eoi, 1);
         let parsed = parse_parseable(&s.format_parseable()).unwrap();
         assert_eq!(parsed, s.snapshot());
-        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed.len(), 3);
         assert_eq!(parsed[0].coalesced, 2);
+        assert_eq!(parsed[0].source_raised[6], 1);
+        assert_eq!(parsed[2].source_raised[0], 1);
     }
 
     #[test]

@@ -592,6 +592,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     let mut outcome = shutdown.outcome();
     if cfg.irq_stats {
         eprint!("{}", stats.format_table());
+        if cfg.irqchip == IrqchipMode::Kernel {
+            eprintln!("(--irqchip kernel: KVM delivers and EOIs in the kernel; irqvm sees only what it raised)");
+        }
         if let Some(chip) = &split {
             eprintln!("routing table installs: {}", chip.route_installs());
         }

@@ -191,3 +191,101 @@ pub fn require_kvm() {
         "/dev/kvm is missing: the integration tests need KVM"
     );
 }
+
+/// Whether the host's /dev/kvm is KVM's PVM backend (see shared/HOST-KVM.md).
+pub fn host_is_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// One row of /proc/interrupts: `IRQ: counts... chip hwirq-type name`.
+#[derive(Debug, Clone)]
+pub struct IrqRow {
+    pub irq: String,
+    pub counts: Vec<u64>,
+    pub rest: String,
+}
+
+impl IrqRow {
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The /proc/interrupts table printed between `IRQVM-INIT: <marker> begin` and `end`.
+pub fn proc_interrupts(log: &str, marker: &str) -> Vec<IrqRow> {
+    let begin = format!("IRQVM-INIT: {marker} begin");
+    let end = format!("IRQVM-INIT: {marker} end");
+    let Some(start) = log.find(&begin) else {
+        return Vec::new();
+    };
+    let body = &log[start + begin.len()..];
+    let body = &body[..body.find(&end).unwrap_or(body.len())];
+    let mut ncpus = 0;
+    let mut rows = Vec::new();
+    for line in body.lines() {
+        let t = line.trim();
+        if t.starts_with("CPU") {
+            ncpus = t.split_whitespace().count();
+            continue;
+        }
+        let Some((irq, rest)) = t.split_once(':') else {
+            continue;
+        };
+        let mut words = rest.split_whitespace().peekable();
+        let mut counts = Vec::new();
+        while counts.len() < ncpus.max(1) {
+            match words.peek().and_then(|w| w.parse::<u64>().ok()) {
+                Some(n) => {
+                    counts.push(n);
+                    words.next();
+                }
+                None => break,
+            }
+        }
+        rows.push(IrqRow {
+            irq: irq.trim().to_string(),
+            counts,
+            rest: words.collect::<Vec<_>>().join(" "),
+        });
+    }
+    rows
+}
+
+/// The default guest cmdline from resources/default-cmdline.txt.
+pub fn default_cmdline() -> String {
+    let p = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../resources/default-cmdline.txt"
+    );
+    std::fs::read_to_string(p)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "console=ttyS0 reboot=acpi panic=-1".to_string())
+}
+
+/// Per-GSI counters from `irqvm --irq-stats` (stderr): gsi -> (raised, delivered).
+pub fn irq_stats(stderr: &str) -> std::collections::BTreeMap<u32, (u64, u64)> {
+    let mut m = std::collections::BTreeMap::new();
+    let mut in_table = false;
+    for line in stderr.lines() {
+        let t = line.trim();
+        if t.starts_with("GSI") && t.contains("RAISED") {
+            in_table = true;
+            continue;
+        }
+        if !in_table {
+            continue;
+        }
+        let Some((gsi, rest)) = t.split_once(':') else {
+            in_table = false;
+            continue;
+        };
+        let nums: Vec<u64> = rest
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let (Ok(g), Some(r), Some(d)) = (gsi.trim().parse(), nums.first(), nums.get(1)) {
+            m.insert(g, (*r, *d));
+        }
+    }
+    m
+}
