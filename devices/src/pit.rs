@@ -1535,6 +1535,34 @@ mod tests {
         assert!(n >= ms / 4, "{n} pulses in {ms} ms");
     }
 
+    #[test]
+    fn host_clock_counter2_counts_down_at_1193182_hz() {
+        // What Linux's PIT TSC calibration relies on: counter 2 in mode 0, GATE high via port
+        // 0x61, read back after a host-timed interval.
+        let mut pit = Pit::new(Arc::new(CountingLine::default())).unwrap();
+        let mut p61 = pit.port61();
+        p61.write(0, &[P61_GATE2]);
+        pit.write(3, &[0xb0]);
+        let t0 = Instant::now();
+        pit.write(2, &[0xff]);
+        pit.write(2, &[0xff]);
+        let t1 = Instant::now();
+        std::thread::sleep(Duration::from_millis(20));
+        let t2 = Instant::now();
+        pit.write(3, &[0x80]);
+        let t3 = Instant::now();
+        let mut b = [0u8; 2];
+        pit.read(2, &mut b[..1]);
+        pit.read(2, &mut b[1..]);
+        let done = 0xffff - u64::from(u16::from_le_bytes(b));
+        let ticks = |d: Duration| ns_to_tick(d.as_nanos() as u64);
+        let (lo, hi) = (ticks(t2 - t1).saturating_sub(2), ticks(t3 - t0) + 1);
+        assert!(
+            (lo..=hi).contains(&done),
+            "{done} decrements, expected {lo}..={hi}"
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn arbitrary_port_sequences_never_panic(
