@@ -7,6 +7,7 @@ pub mod debug_exit;
 pub mod i8042;
 pub mod irqchip_ports;
 pub mod pc_testdev;
+pub mod pit;
 pub mod serial;
 pub mod testdev;
 

@@ -15,14 +15,16 @@ use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
 use devices::acpi_pm::AcpiPm;
+use devices::bus::OffsetDevice;
 use devices::cmos::Cmos;
 use devices::debug_exit::DebugExit;
 use devices::i8042::I8042;
 use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
+use devices::pit::Pit;
 use devices::serial::Serial;
 use devices::testdev::{TestDevConfig, TestDevice, HOST_PVM};
-use devices::{Bus, ExitSink, GuestExit};
+use devices::{Bus, BusDevice, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
 use irqchip::split::SplitIrqchip;
 use irqchip::stats::IrqStats;
@@ -416,11 +418,19 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::ACPI_PM1A_EVT_PORT as u64,
         AcpiPm::PORT_LEN,
     )?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(shutdown.clone()))),
-        0x60,
-        I8042::PORT_LEN,
-    )?;
+    // The i8042 takes 0x60 and 0x64 only; 0x61 is port B (the PIT's, in-kernel or below).
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(shutdown.clone())));
+    pio.insert(i8042.clone(), 0x60, 1)?;
+    pio.insert(Arc::new(Mutex::new(OffsetDevice::new(i8042, 4))), 0x64, 1)?;
+    if cfg.irqchip == IrqchipMode::Split {
+        // KVM's in-kernel PIT would bypass the userspace PIC/IOAPIC: emulate the 8254 here.
+        let pit = Pit::new(lines.line(Pit::IRQ0_GSI, 0)?).map_err(|e| VmmError::Io {
+            what: "creating the 8254 PIT",
+            source: std::io::Error::other(e),
+        })?;
+        pio.insert(Arc::new(Mutex::new(pit.port61())), 0x61, 1)?;
+        pio.insert(Arc::new(Mutex::new(pit)), 0x40, Pit::PORT_LEN)?;
+    }
     let below_4g = mem_size.min(layout::MMIO_HOLE_START);
     pio.insert(
         Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g))),
