@@ -63,6 +63,8 @@ struct Inner {
     vm: Arc<VmFd>,
     state: Mutex<State>,
     stats: Arc<IrqStats>,
+    /// The 8259 pair's own counters, by ISA IRQ (0..15), kept apart from the GSI table.
+    pic_stats: Arc<IrqStats>,
     kicker: OnceLock<Arc<dyn VcpuKicker>>,
     resample: Mutex<Vec<(u32, Arc<ResampleFn>)>>,
     route_installs: AtomicU64,
@@ -95,7 +97,8 @@ impl SplitIrqchip {
             "enabling KVM_CAP_SPLIT_IRQCHIP (needs a 4.6+ kernel, before vCPUs exist)",
         ))?;
         let mut pic = PicPair::new();
-        pic.set_stats(stats.clone());
+        let pic_stats = Arc::new(IrqStats::new(16));
+        pic.set_stats(pic_stats.clone());
         let mut ioapic = Ioapic::new();
         ioapic.set_stats(stats.clone());
         let chip = Self {
@@ -108,6 +111,7 @@ impl SplitIrqchip {
                     routes: None,
                 }),
                 stats,
+                pic_stats,
                 kicker: OnceLock::new(),
                 resample: Mutex::new(Vec::new()),
                 route_installs: AtomicU64::new(0),
@@ -143,6 +147,12 @@ impl SplitIrqchip {
 
     pub fn stats(&self) -> &Arc<IrqStats> {
         &self.inner.stats
+    }
+
+    /// The 8259 pair's counters, indexed by ISA IRQ. A masked 8259 (the guest uses the
+    /// IOAPIC) latches every edge in IRR, so its "coalesced" count grows with every raise.
+    pub fn pic_stats(&self) -> &Arc<IrqStats> {
+        &self.inner.pic_stats
     }
 
     /// How many times the GSI routing table was installed.
@@ -399,6 +409,7 @@ impl LineProvider for SplitIrqchip {
 
     fn reset_stats(&self) {
         self.inner.stats.reset();
+        self.inner.pic_stats.reset();
     }
 }
 

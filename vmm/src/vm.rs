@@ -608,6 +608,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
         if let Some(chip) = &split {
             eprintln!("routing table installs: {}", chip.route_installs());
+            eprintln!("8259 pair, by ISA IRQ:");
+            eprint!("{}", chip.pic_stats().format_table());
         }
     }
     if let Some(c) = test_counts {
