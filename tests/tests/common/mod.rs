@@ -262,7 +262,8 @@ pub fn default_cmdline() -> String {
         .unwrap_or_else(|_| "console=ttyS0 reboot=acpi panic=-1".to_string())
 }
 
-/// Per-GSI counters from `irqvm --irq-stats` (stderr): gsi -> (raised, delivered).
+/// Per-GSI counters from `irqvm --irq-stats` (stderr): gsi -> (raised, delivered). Reads
+/// the first table only (the GSI table; split mode prints the 8259's table after it).
 pub fn irq_stats(stderr: &str) -> std::collections::BTreeMap<u32, (u64, u64)> {
     let mut m = std::collections::BTreeMap::new();
     let mut in_table = false;
