@@ -216,8 +216,9 @@ impl LineProvider for KernelIrqchip {
 /// Send one MSI with KVM_SIGNAL_MSI, after checking it the way a local APIC would: KVM
 /// decodes any address as an APIC message, but on real hardware a write outside the
 /// 0xFEEx_xxxx window is a plain memory write, a reserved delivery mode is not accepted, and
-/// vectors 0..15 are illegal (SDM vol. 3, 11.11.1-2 and 10.5.2). Returns whether KVM
-/// delivered it (false: the destination's IRR already had the vector, i.e. it coalesced).
+/// vectors 0..15 are illegal (SDM vol. 3, 11.11.1-2 and 10.5.2). Returns whether a local APIC
+/// accepted it. KVM counts a vector already pending in the IRR as accepted
+/// (`__apic_accept_irq`), so merges in the LAPIC are not visible to the VMM.
 pub fn signal_checked_msi(vm: &VmFd, msg: MsiMessage) -> Result<bool, IrqError> {
     if let Err(e) = msg.validate() {
         crate::guest_warn!("dropping MSI {:#x}/{:#x}: {e}", msg.address, msg.data);

@@ -202,8 +202,8 @@ impl SplitIrqchip {
         Ok(())
     }
 
-    /// Send `msg`; returns whether KVM delivered it (false: invalid, failed, or coalesced
-    /// into a vector already pending in the destination's IRR).
+    /// Send `msg`; returns whether a local APIC accepted it. (KVM counts an MSI whose vector
+    /// is already pending in the IRR as accepted, so LAPIC-level merging is not visible.)
     fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError> {
         self.inner.msis.fetch_add(1, Ordering::Relaxed);
         signal_checked_msi(&self.inner.vm, msg)
@@ -221,7 +221,7 @@ impl SplitIrqchip {
         for (pin, msg) in fx.deliveries() {
             match self.signal_msi(msg) {
                 Ok(true) => {}
-                // Already pending in the LAPIC's IRR: the edge merged with the earlier one.
+                // No local APIC accepted it (no matching destination, APIC disabled).
                 Ok(false) => self.inner.stats.record(pin as u32, Counter::Coalesced),
                 Err(e) => guest_warn!("IOAPIC pin {pin}: {e}"),
             }

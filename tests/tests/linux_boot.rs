@@ -187,8 +187,10 @@ fn linux_pvh_split_irqchip_1cpu_serial_counts_match_host_stats() {
     let (_raised, delivered) = *stats
         .get(&4)
         .unwrap_or_else(|| panic!("no GSI 4 in --irq-stats:\n{}", r.stderr));
-    // The guest's count was read before the last serial lines and poweroff: the host has
-    // delivered at least as many, and not wildly more.
+    // Every interrupt the guest counted was delivered by our IOAPIC (no phantom interrupts).
+    // The host delivers more than the guest counts: the UART raises THRE per byte, and
+    // deliveries of a vector still pending in the LAPIC IRR merge there (KVM reports them
+    // as delivered), so the upper bound is loose.
     assert!(
         delivered >= guest,
         "host delivered {delivered} < guest counted {guest}"
