@@ -797,13 +797,25 @@ fn ioapic_storm_100k() -> Outcome {
     testdev::command(testdev::LINE_PULSE, [p, 0, 0, 0]);
     check!(wait_for(100_000, || count(V_STORM) >= 1), "first interrupt not delivered");
     let t0 = rdtsc();
+    // Deliveries slower than 100 ms (host scheduling on a loaded machine) are counted as
+    // late, not lost; only one missing after 3 s fails.
+    let mut late = 0u64;
+    let mut worst = 0u64;
     for i in 2..=N {
+        let ts = rdtsc();
         crate::arch::outl(testdev::PORT, testdev::LINE_PULSE);
         if !wait_for(100_000, || count(V_STORM) >= i) {
-            fail!("interrupt {} of {} not delivered within 100 ms", D(i as u64), D(N as u64));
+            if !wait_for(3_000_000, || count(V_STORM) >= i) {
+                fail!("interrupt {} of {} lost (not delivered within 3 s)", D(i as u64), D(N as u64));
+            }
+            late += 1;
+            worst = worst.max(rdtsc() - ts);
         }
     }
     let dt = rdtsc() - t0;
+    if late > 0 {
+        println!("INFO storm: {} deliveries took over 100 ms (worst {} ms)", D(late), D(tsc::cycles_to_ns(worst) / 1_000_000));
+    }
     settle();
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]);
     let got = count(V_STORM);
