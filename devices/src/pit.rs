@@ -20,6 +20,12 @@
 //! guest calibrating its TSC or local APIC timer against counter 2 (polling OUT2 in port 0x61,
 //! or reading counter 2 back) sees the true rate no matter how long each port exit takes.
 //!
+//! Each guest access is still one VM exit to userspace (8-9 us on a PVM host, see
+//! shared/HOST-KVM.md), so a calibration loop that needs thousands of polls of port 0x61 per
+//! 10 ms (Linux's `pit_calibrate_tsc()` wants 5000) gets too few samples there and gives up;
+//! the values it reads are right, there are just fewer of them. Guests with kvmclock or CPUID
+//! TSC leaves do not calibrate against the PIT at all.
+//!
 //! **IRQ 0.** A timer thread owned by the [`Pit`] (stopped and joined when it is dropped)
 //! pulses the IRQ 0 line at every rising edge of counter 0's OUT that ends a period in modes
 //! 2 and 3, and once at terminal count in modes 0, 1, 4 and 5; it is re-armed whenever the
