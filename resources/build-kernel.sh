@@ -34,9 +34,16 @@ HASH="$({
 KEY="${VERSION}-${HASH:0:16}"
 OUT="$CACHE/linux/$KEY"
 
+# Other runs (tests, other users of the cache) may be reading linux/current: replace the
+# symlink atomically (rename over it) rather than unlink + create.
+point_current() {
+	ln -sfn "$KEY" "$CACHE/linux/.current.tmp"
+	mv -T "$CACHE/linux/.current.tmp" "$CACHE/linux/current"
+}
+
 if [ -f "$OUT/vmlinux" ] && [ -f "$OUT/bzImage" ]; then
 	log "kernel: cached $OUT"
-	ln -sfn "$KEY" "$CACHE/linux/current"
+	point_current
 	exit 0
 fi
 
@@ -144,5 +151,5 @@ cp "$TREE/.config" "$OUT.tmp/config"
 mv "$BUILD_LOG" "$OUT.tmp/build.log"
 rm -rf "$OUT"
 mv "$OUT.tmp" "$OUT"
-ln -sfn "$KEY" "$CACHE/linux/current"
+point_current
 log "kernel: ready $OUT"

@@ -8,6 +8,7 @@ pub mod i8042;
 pub mod irqchip_ports;
 pub mod pc_testdev;
 pub mod pci;
+pub mod pit;
 pub mod serial;
 pub mod testdev;
 pub mod virtio;

@@ -27,7 +27,7 @@ impl PcTestdevLines {
             .map(|gsi| match provider.line(gsi, 0) {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    log::warn!("pc-testdev: GSI {gsi} not connected: {e}");
+                    irqchip::guest_warn!("pc-testdev: GSI {gsi} not connected: {e}");
                     None
                 }
             })

@@ -45,6 +45,7 @@ pub mod cmd {
     pub const LINE_STATS: u32 = 6;
     pub const STATS_RESET: u32 = 7;
     pub const BURST_STATUS: u32 = 8;
+    pub const LINE_COALESCED: u32 = 9;
 }
 
 /// Longest BURST a guest may ask for, and the longest gap between its pulses. Bounds keep a
@@ -157,18 +158,6 @@ impl Drop for Burst {
     }
 }
 
-/// Logs the first few guest errors, then one in every 1024, so a hostile guest cannot flood
-/// the host log.
-#[derive(Default)]
-struct RateLimit(u64);
-
-impl RateLimit {
-    fn allow(&mut self) -> bool {
-        self.0 = self.0.wrapping_add(1);
-        self.0 <= 16 || self.0.is_multiple_of(1024)
-    }
-}
-
 /// Called with each completed REPORT line (without its `\n`).
 pub type ReportSink = Box<dyn FnMut(&str) + Send>;
 
@@ -184,7 +173,6 @@ pub struct TestDevice {
     sink: ReportSink,
     counts: Arc<ReportCounts>,
     burst: Option<Burst>,
-    warn: RateLimit,
 }
 
 impl TestDevice {
@@ -206,7 +194,6 @@ impl TestDevice {
             sink,
             counts: Arc::new(ReportCounts::default()),
             burst: None,
-            warn: RateLimit::default(),
         }
     }
 
@@ -257,12 +244,10 @@ impl TestDevice {
         self.result = match self.run(command) {
             Ok(v) => v,
             Err(why) => {
-                if self.warn.allow() {
-                    log::warn!(
-                        "testdev: command {command} args {:#x?} failed: {why}",
-                        self.args
-                    );
-                }
+                irqchip::guest_warn!(
+                    "testdev: command {command} args {:#x?} failed: {why}",
+                    self.args
+                );
                 RESULT_ERROR
             }
         };
@@ -298,6 +283,7 @@ impl TestDevice {
                 Ok(0)
             }
             cmd::LINE_STATS => Ok(u32::try_from(self.lines.raised(a0)).unwrap_or(u32::MAX)),
+            cmd::LINE_COALESCED => Ok(u32::try_from(self.lines.coalesced(a0)).unwrap_or(u32::MAX)),
             cmd::STATS_RESET => {
                 self.lines.reset_stats();
                 Ok(0)
@@ -412,12 +398,10 @@ impl BusDevice for TestDevice {
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
-            if self.warn.allow() {
-                log::warn!(
-                    "testdev: ignored {}-byte write at offset {offset:#x} (registers are 32-bit)",
-                    data.len()
-                );
-            }
+            irqchip::guest_warn!(
+                "testdev: ignored {}-byte write at offset {offset:#x} (registers are 32-bit)",
+                data.len()
+            );
             return;
         };
         if offset & 3 != 0 {

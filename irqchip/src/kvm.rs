@@ -279,29 +279,45 @@ impl LineProvider for KernelIrqchip {
         self.inner.stats.get(gsi, Counter::Raised)
     }
 
+    fn coalesced(&self, gsi: u32) -> u64 {
+        self.inner.stats.get(gsi, Counter::Coalesced)
+    }
+
     fn reset_stats(&self) {
         self.inner.stats.reset();
         self.inner.msis.store(0, Ordering::Relaxed);
     }
 }
 
+/// Send one MSI with KVM_SIGNAL_MSI, after checking it the way a local APIC would: KVM
+/// decodes any address as an APIC message, but on real hardware a write outside the
+/// 0xFEEx_xxxx window is a plain memory write, a reserved delivery mode is not accepted, and
+/// vectors 0..15 are illegal (SDM vol. 3, 11.11.1-2 and 10.5.2). Returns whether a local APIC
+/// accepted it. KVM counts a vector already pending in the IRR as accepted
+/// (`__apic_accept_irq`), so merges in the LAPIC are not visible to the VMM.
+pub fn signal_checked_msi(vm: &VmFd, msg: MsiMessage) -> Result<bool, IrqError> {
+    if let Err(e) = msg.validate() {
+        crate::guest_warn!("dropping MSI {:#x}/{:#x}: {e}", msg.address, msg.data);
+        return Err(e.into());
+    }
+    let msi = kvm_msi {
+        address_lo: msg.address as u32,
+        address_hi: (msg.address >> 32) as u32,
+        data: msg.data,
+        ..Default::default()
+    };
+    vm.signal_msi(msi)
+        .map(|n| n > 0)
+        .map_err(|e| IrqError::Kvm {
+            what: "KVM_SIGNAL_MSI",
+            source: std::io::Error::from_raw_os_error(e.errno()),
+        })
+}
+
 impl MsiSender for KernelIrqchip {
     fn send_msi(&self, msg: MsiMessage) -> Result<(), IrqError> {
         self.inner.msis.fetch_add(1, Ordering::Relaxed);
-        let msi = kvm_msi {
-            address_lo: msg.address as u32,
-            address_hi: (msg.address >> 32) as u32,
-            data: msg.data,
-            ..Default::default()
-        };
-        self.inner
-            .vm
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|e| IrqError::Kvm {
-                what: "KVM_SIGNAL_MSI",
-                source: std::io::Error::from_raw_os_error(e.errno()),
-            })
+        signal_checked_msi(&self.inner.vm, msg).map(|_| ())
     }
 }
 

@@ -76,6 +76,8 @@ pub enum IrqError {
     },
     #[error("GSI routing: {0}")]
     Routing(#[from] routing::RoutingError),
+    #[error("MSI not delivered: {0}")]
+    InvalidMsi(#[from] msi::MsiError),
     #[error("KVM refused the interrupt request ({what})")]
     Kvm {
         what: &'static str,

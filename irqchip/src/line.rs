@@ -27,6 +27,12 @@ pub trait LineProvider: Send + Sync {
     ) -> Result<std::sync::Arc<dyn InterruptLine>, crate::IrqError>;
     /// Times the line was raised by the host (any source) since the last `reset_stats`.
     fn raised(&self, gsi: u32) -> u64;
+    /// Raises of this GSI the host saw merge: hidden by another source of the wired-OR, or
+    /// (split mode) an IOAPIC delivery that no local APIC accepted. Merges into a vector
+    /// already pending in a LAPIC's IRR are invisible here: KVM reports them as delivered.
+    fn coalesced(&self, _gsi: u32) -> u64 {
+        0
+    }
     /// Zero the host-side counters.
     fn reset_stats(&self);
 }

@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, KVM_CAP_SPLIT_IRQCHIP};
+use kvm_bindings::{kvm_enable_cap, kvm_irq_routing_entry, KVM_CAP_SPLIT_IRQCHIP};
 use kvm_ioctls::VmFd;
 
 use crate::ioapic::{Ioapic, IoapicEffects, IoapicFault};
-use crate::kvm::{install_routes, msi_entry, pic_irq_for_gsi, SOURCES_PER_GSI};
+use crate::kvm::{install_routes, msi_entry, pic_irq_for_gsi, signal_checked_msi, SOURCES_PER_GSI};
 use crate::pic::PicPair;
 use crate::routing::{GsiRouting, RouteTarget, RoutingMode, FIRST_MSI_GSI, KVM_MAX_IRQ_ROUTES};
 use crate::stats::{Counter, IrqStats};
@@ -64,6 +64,8 @@ struct Inner {
     vm: Arc<VmFd>,
     state: Mutex<State>,
     stats: Arc<IrqStats>,
+    /// The 8259 pair's own counters, by ISA IRQ (0..15), kept apart from the GSI table.
+    pic_stats: Arc<IrqStats>,
     kicker: OnceLock<Arc<dyn VcpuKicker>>,
     resample: Mutex<Vec<(u32, Arc<ResampleFn>)>>,
     route_installs: AtomicU64,
@@ -96,7 +98,8 @@ impl SplitIrqchip {
             "enabling KVM_CAP_SPLIT_IRQCHIP (needs a 4.6+ kernel, before vCPUs exist)",
         ))?;
         let mut pic = PicPair::new();
-        pic.set_stats(stats.clone());
+        let pic_stats = Arc::new(IrqStats::new(16));
+        pic.set_stats(pic_stats.clone());
         let mut ioapic = Ioapic::new();
         ioapic.set_stats(stats.clone());
         let chip = Self {
@@ -110,6 +113,7 @@ impl SplitIrqchip {
                     msi: GsiRouting::new(RoutingMode::SplitIrqchip, KVM_MAX_IRQ_ROUTES)?,
                 }),
                 stats,
+                pic_stats,
                 kicker: OnceLock::new(),
                 resample: Mutex::new(Vec::new()),
                 route_installs: AtomicU64::new(0),
@@ -145,6 +149,12 @@ impl SplitIrqchip {
 
     pub fn stats(&self) -> &Arc<IrqStats> {
         &self.inner.stats
+    }
+
+    /// The 8259 pair's counters, indexed by ISA IRQ. A masked 8259 (the guest uses the
+    /// IOAPIC) latches every edge in IRR, so its "coalesced" count grows with every raise.
+    pub fn pic_stats(&self) -> &Arc<IrqStats> {
+        &self.inner.pic_stats
     }
 
     /// How many times the GSI routing table was installed.
@@ -186,17 +196,11 @@ impl SplitIrqchip {
         Ok(())
     }
 
-    fn signal_msi(&self, msg: MsiMessage) {
+    /// Send `msg`; returns whether a local APIC accepted it. (KVM counts an MSI whose vector
+    /// is already pending in the IRR as accepted, so LAPIC-level merging is not visible.)
+    fn signal_msi(&self, msg: MsiMessage) -> Result<bool, IrqError> {
         self.inner.msis.fetch_add(1, Ordering::Relaxed);
-        let msi = kvm_msi {
-            address_lo: msg.address as u32,
-            address_hi: (msg.address >> 32) as u32,
-            data: msg.data,
-            ..Default::default()
-        };
-        if let Err(e) = self.inner.vm.signal_msi(msi) {
-            guest_warn!("KVM_SIGNAL_MSI {msg:?} failed: {e}");
-        }
+        signal_checked_msi(&self.inner.vm, msg)
     }
 
     /// Carry out what the IOAPIC asked for, under the state lock: routes first (so an EOI of
@@ -208,8 +212,13 @@ impl SplitIrqchip {
                 log::error!("installing IOAPIC routes failed: {e}");
             }
         }
-        for (_pin, msg) in fx.deliveries() {
-            self.signal_msi(msg);
+        for (pin, msg) in fx.deliveries() {
+            match self.signal_msi(msg) {
+                Ok(true) => {}
+                // No local APIC accepted it (no matching destination, APIC disabled).
+                Ok(false) => self.inner.stats.record(pin as u32, Counter::Coalesced),
+                Err(e) => guest_warn!("IOAPIC pin {pin}: {e}"),
+            }
         }
         if fx.throttled != 0 {
             self.schedule_reservice(fx.throttled);
@@ -388,15 +397,19 @@ impl LineProvider for SplitIrqchip {
         self.inner.stats.get(gsi, Counter::Raised)
     }
 
+    fn coalesced(&self, gsi: u32) -> u64 {
+        self.inner.stats.get(gsi, Counter::Coalesced)
+    }
+
     fn reset_stats(&self) {
         self.inner.stats.reset();
+        self.inner.pic_stats.reset();
     }
 }
 
 impl MsiSender for SplitIrqchip {
     fn send_msi(&self, msg: MsiMessage) -> Result<(), IrqError> {
-        self.signal_msi(msg);
-        Ok(())
+        self.signal_msi(msg).map(|_| ())
     }
 }
 

@@ -1,10 +1,12 @@
 //! `irqvm`: the command-line entry point.
 
+mod bench;
 mod cli;
 mod console;
 mod host;
 mod kick;
 mod pci_setup;
+mod testkernel;
 mod vcpu;
 mod vm;
 
@@ -36,6 +38,13 @@ fn main() -> ExitCode {
         .format_timestamp_millis()
         .init();
     match cli.command {
+        Command::Selftest(a) => finish(testkernel::run_embedded(
+            a.irqchip,
+            a.vcpus,
+            "irqvm.mode=test",
+            a.inject_fault,
+        )),
+        Command::Bench(a) => finish(bench::run(&a.output, !a.no_qemu)),
         Command::Run(args) => {
             let cfg = vm::VmConfig {
                 kernel: args.kernel,
@@ -51,6 +60,7 @@ fn main() -> ExitCode {
                 irq_stats: args.irq_stats,
                 disks: args.disk,
                 virtio_transport: args.virtio_transport,
+                inject_fault: args.inject_fault,
             };
             finish(vm::run(cfg))
         }

@@ -61,7 +61,8 @@ fn service_extint(fd: &mut VcpuFd, src: &dyn ExtIntSource) {
     }
 }
 
-/// How many `int3` traps irqvm injects as #BP before it gives up (a loop would hang).
+/// How many `int3`/`fwait` instructions irqvm completes for a host emulator that refused
+/// them before it gives up (a loop would hang).
 const MAX_INT3_INJECTIONS: u32 = 10_000;
 
 pub fn run_loop(mut ctx: VcpuContext) {
@@ -143,6 +144,16 @@ fn run_until_stopped(ctx: &mut VcpuContext) {
             }
             VcpuExit::InternalError => {
                 let info = internal_error(ctx);
+                if info.is_fwait() && int3_injections < MAX_INT3_INJECTIONS {
+                    int3_injections += 1;
+                    match complete_fwait(&ctx.fd) {
+                        Ok(what) => {
+                            log::debug!("vCPU {}: fwait at {:#x}: {what}", ctx.id, info.rip);
+                            continue;
+                        }
+                        Err(e) => log::warn!("vCPU {}: completing fwait failed: {e}", ctx.id),
+                    }
+                }
                 if info.is_int3() && int3_injections < MAX_INT3_INJECTIONS {
                     int3_injections += 1;
                     match inject_breakpoint(&ctx.fd) {
@@ -187,6 +198,11 @@ pub struct InternalErrorInfo {
 }
 
 impl InternalErrorInfo {
+    fn is_fwait(&self) -> bool {
+        self.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
+            && self.bytes.first() == Some(&0x9b)
+    }
+
     fn is_int3(&self) -> bool {
         self.suberror == kvm_bindings::KVM_INTERNAL_ERROR_EMULATION
             && self.bytes.first() == Some(&0xcc)
@@ -271,17 +287,43 @@ fn translate(mem: &boot::GuestMem, sregs: &kvm_bindings::kvm_sregs, linear: u64)
     Some(table | (linear & 0xfff))
 }
 
+fn inject_exception(fd: &VcpuFd, vector: u8) -> Result<(), kvm_ioctls::Error> {
+    let mut ev = fd.get_vcpu_events()?;
+    ev.exception.injected = 1;
+    ev.exception.nr = vector;
+    ev.exception.has_error_code = 0;
+    ev.exception.error_code = 0;
+    ev.exception.pending = 0;
+    fd.set_vcpu_events(&ev)
+}
+
+/// Complete a `fwait` (9B) the host's emulator refused, exactly as the SDM defines it
+/// (vol. 2B, WAIT/FWAIT): #NM if CR0.TS and CR0.MP are both set; #MF if an unmasked x87
+/// exception is pending (FSW.ES); otherwise nothing happens and execution continues after it.
+fn complete_fwait(fd: &VcpuFd) -> Result<&'static str, kvm_ioctls::Error> {
+    const CR0_MP: u64 = 1 << 1;
+    const CR0_TS: u64 = 1 << 3;
+    const FSW_ES: u16 = 1 << 7;
+    let sregs = fd.get_sregs()?;
+    if sregs.cr0 & CR0_TS != 0 && sregs.cr0 & CR0_MP != 0 {
+        inject_exception(fd, 7)?;
+        return Ok("#NM (CR0.TS and CR0.MP)");
+    }
+    if fd.get_fpu()?.fsw & FSW_ES != 0 {
+        inject_exception(fd, 16)?;
+        return Ok("#MF (pending x87 exception)");
+    }
+    let mut regs = fd.get_regs()?;
+    regs.rip = regs.rip.wrapping_add(1);
+    fd.set_regs(&regs)?;
+    Ok("no pending x87 exception: completed as a no-op")
+}
+
 /// `int3` is a trap (#BP, vector 3): the saved RIP points after it. Advance RIP past the
 /// one-byte instruction and inject the exception (KVM_SET_VCPU_EVENTS).
 fn inject_breakpoint(fd: &VcpuFd) -> Result<(), kvm_ioctls::Error> {
     let mut regs = fd.get_regs()?;
     regs.rip = regs.rip.wrapping_add(1);
     fd.set_regs(&regs)?;
-    let mut ev = fd.get_vcpu_events()?;
-    ev.exception.injected = 1;
-    ev.exception.nr = 3;
-    ev.exception.has_error_code = 0;
-    ev.exception.error_code = 0;
-    ev.exception.pending = 0;
-    fd.set_vcpu_events(&ev)
+    inject_exception(fd, 3)
 }

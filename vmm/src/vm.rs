@@ -15,14 +15,16 @@ use boot::cpuid::{build_cpuid, CpuTemplate, VcpuTopology};
 use boot::layout;
 use boot::loader::BootEntry;
 use devices::acpi_pm::AcpiPm;
+use devices::bus::OffsetDevice;
 use devices::cmos::Cmos;
 use devices::debug_exit::DebugExit;
 use devices::i8042::I8042;
 use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
+use devices::pit::Pit;
 use devices::serial::Serial;
 use devices::testdev::{TestDevConfig, TestDevice, HOST_PVM};
-use devices::{Bus, ExitSink, GuestExit};
+use devices::{Bus, BusDevice, ExitSink, GuestExit};
 use irqchip::kvm::KernelIrqchip;
 use irqchip::split::SplitIrqchip;
 use irqchip::stats::IrqStats;
@@ -34,7 +36,7 @@ use kvm_ioctls::{Kvm, VcpuFd};
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::cli::{CpuTemplateArg, IrqchipMode, SerialOut};
+use crate::cli::{CpuTemplateArg, InjectFault, IrqchipMode, SerialOut};
 use crate::console;
 use crate::vcpu::{self, VcpuContext};
 
@@ -58,6 +60,8 @@ pub struct VmConfig {
     /// virtio-blk disks (`--disk`) and their transport.
     pub disks: Vec<crate::pci_setup::DiskSpec>,
     pub virtio_transport: crate::pci_setup::VirtioTransportArg,
+    /// Break the userspace controller on purpose (testing the tests).
+    pub inject_fault: Option<InjectFault>,
 }
 
 /// How a VM ended.
@@ -107,6 +111,8 @@ pub enum VmmError {
         path: String,
         source: kvm_ioctls::Error,
     },
+    #[error("--inject-fault needs --irqchip split (the in-kernel controllers cannot be broken from userspace)")]
+    FaultNeedsSplit,
     #[error("--vcpus {0}: a VM needs at least one vCPU")]
     NoVcpus(u32),
     #[error("--vcpus {asked}: this host's KVM allows at most {max}")]
@@ -368,6 +374,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         Arc<dyn MsiRouteSink>,
     ) = match cfg.irqchip {
         IrqchipMode::Kernel => {
+            if cfg.inject_fault.is_some() {
+                return Err(VmmError::FaultNeedsSplit);
+            }
             vm.create_irq_chip()
                 .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
             let pit = kvm_pit_config {
@@ -385,6 +394,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
         IrqchipMode::Split => {
             let chip = SplitIrqchip::new(vm.clone(), stats.clone())?;
+            if cfg.inject_fault == Some(InjectFault::ForgetRemoteIrr) {
+                log::warn!("fault injected: the IOAPIC will not clear remote IRR on EOI");
+                chip.set_ioapic_fault(irqchip::ioapic::IoapicFault::ForgetRemoteIrrOnEoi);
+            }
             split = Some(chip.clone());
             (
                 Arc::new(chip.clone()),
@@ -423,11 +436,19 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::ACPI_PM1A_EVT_PORT as u64,
         AcpiPm::PORT_LEN,
     )?;
-    pio.insert(
-        Arc::new(Mutex::new(I8042::new(shutdown.clone()))),
-        0x60,
-        I8042::PORT_LEN,
-    )?;
+    // The i8042 takes 0x60 and 0x64 only; 0x61 is port B (the PIT's, in-kernel or below).
+    let i8042: Arc<Mutex<dyn BusDevice>> = Arc::new(Mutex::new(I8042::new(shutdown.clone())));
+    pio.insert(i8042.clone(), 0x60, 1)?;
+    pio.insert(Arc::new(Mutex::new(OffsetDevice::new(i8042, 4))), 0x64, 1)?;
+    if cfg.irqchip == IrqchipMode::Split {
+        // KVM's in-kernel PIT would bypass the userspace PIC/IOAPIC: emulate the 8254 here.
+        let pit = Pit::new(lines.line(Pit::IRQ0_GSI, 0)?).map_err(|e| VmmError::Io {
+            what: "creating the 8254 PIT",
+            source: std::io::Error::other(e),
+        })?;
+        pio.insert(Arc::new(Mutex::new(pit.port61())), 0x61, 1)?;
+        pio.insert(Arc::new(Mutex::new(pit)), 0x40, Pit::PORT_LEN)?;
+    }
     let below_4g = mem_size.min(layout::MMIO_HOLE_START);
     pio.insert(
         Arc::new(Mutex::new(Cmos::new(below_4g, mem_size - below_4g))),
@@ -619,6 +640,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         }
         if let Some(chip) = &split {
             eprintln!("routing table installs: {}", chip.route_installs());
+            eprintln!("8259 pair, by ISA IRQ:");
+            eprint!("{}", chip.pic_stats().format_table());
         }
     }
     if let Some(c) = test_counts {
