@@ -285,6 +285,7 @@ impl VirtioPci {
 
     fn read_isr(&mut self) -> u8 {
         let v = self.isr;
+        log::debug!("virtio-pci: ISR read {v:#x}, line was {}", self.line_level);
         self.isr = 0;
         self.cfg.set_interrupt_status(false);
         self.update_line();
