@@ -483,7 +483,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     );
     boot::params::write_cmdline(&mem, &cfg.cmdline)?;
     let initrd = match &cfg.initrd {
-        Some(p) => {
+        // A Multiboot kernel gets its --initrd list as modules (below).
+        Some(p) if !matches!(loaded.entry, BootEntry::Multiboot { .. }) => {
             let max = loaded.setup_header.map_or(u64::MAX, |h| {
                 if h.initrd_addr_max != 0 {
                     h.initrd_addr_max as u64
@@ -498,7 +499,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 max,
             )?)
         }
-        None => None,
+        _ => None,
     };
     // Platform description, both ways: MP table (X86_MPPARSE kernels) and ACPI.
     let acpi_cfg = boot::acpi::AcpiConfig::new(nr_vcpus);
@@ -514,6 +515,16 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             rsdp,
         )?,
         BootEntry::Pvh { .. } => boot::params::write_pvh_info(&mem, mem_size, initrd, rsdp)?,
+        BootEntry::Multiboot { .. } => {
+            boot::multiboot::write_boot_info(
+                &mem,
+                mem_size,
+                &kernel_path,
+                &cfg.cmdline,
+                cfg.initrd.as_ref().map(|p| p.to_string_lossy()).as_deref(),
+                loaded.kernel_end,
+            )?;
+        }
     }
     boot::regs::write_gdt(&mem)?;
     boot::regs::write_page_tables(&mem)?;
