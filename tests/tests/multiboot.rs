@@ -1,8 +1,9 @@
 //! Multiboot v1 end to end: a tiny guest written in assembly (tests/tests/data/
 //! multiboot_guest.S), assembled and linked at test time with the system binutils, boots the
 //! way QEMU's `-kernel` would boot it: EAX = 0x2BADB002, EBX = the information structure with
-//! mem_upper, the command line, the memory map and the `--initrd` files as modules. It prints
-//! what it found on COM1 and ends through isa-debug-exit (0xf4) with value 0x21: status 67.
+//! mem_upper, the command line, the memory map and the `--initrd` files as modules; it also
+//! reads QEMU's fw_cfg (0x510/0x511) for the CPU count and RAM size. It prints what it found
+//! on COM1 and ends through isa-debug-exit (0xf4) with value 0x21: status 67.
 
 mod common;
 
@@ -162,6 +163,19 @@ fn aout_kludge_flat_guest_boots_from_the_header_address_fields() {
     assert_line(&r, "mem_lower=639 mem_upper=130048");
     assert_line(&r, &format!("cmdline={}", s(&k)));
     assert_line(&r, "mods_count=0");
+    assert_line(&r, "fw_cfg=QEMU cpus=1 ram_mib=128");
+}
+
+#[test]
+fn fw_cfg_reports_the_vcpu_count_and_ram_size() {
+    require_kvm();
+    let k = elf_at_1m("fwcfg");
+    let r = run_irqvm(
+        &["run", "--kernel", s(&k), "--vcpus", "2", "--memory", "96"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.status, Some(GUEST_OK), "{}", r.dump());
+    assert_line(&r, "fw_cfg=QEMU cpus=2 ram_mib=96");
 }
 
 #[test]

@@ -18,6 +18,7 @@ use devices::acpi_pm::AcpiPm;
 use devices::bus::OffsetDevice;
 use devices::cmos::Cmos;
 use devices::debug_exit::DebugExit;
+use devices::fw_cfg::FwCfg;
 use devices::i8042::I8042;
 use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
@@ -448,6 +449,15 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         Arc::new(Mutex::new(PcTestdevLines::new(lines.as_ref()))),
         layout::PC_TESTDEV_LINES_PORT as u64,
         pc_testdev::PC_TESTDEV_LINES,
+    )?;
+    pio.insert(
+        Arc::new(Mutex::new(FwCfg::new(
+            cfg.vcpus as u16,
+            cfg.vcpus as u16,
+            mem_size,
+        ))),
+        layout::FW_CFG_PORT as u64,
+        FwCfg::PORT_LEN,
     )?;
     let mut test_counts = None;
     if cfg.testdev {

@@ -6,7 +6,8 @@
  *
  * It checks EAX == 0x2BADB002 (spec 3.2), then prints from the information structure
  * (spec 3.3) on COM1: mem_lower, mem_upper, the command line, the mmap length, the module
- * count, module 0's string and contents. It ends through isa-debug-exit (port 0xf4) with
+ * count, module 0's string and contents; then, from QEMU's fw_cfg (selector 0x510, data
+ * 0x511), the signature, FW_CFG_NB_CPUS and FW_CFG_RAM_SIZE in MiB. It ends through isa-debug-exit (port 0xf4) with
  * value 0x21 (irqvm exits with (0x21 << 1) | 1 = 67); a wrong magic or a missing info flag
  * ends with value 1 (exit status 3).
  */
@@ -93,6 +94,32 @@ _start:
 2:      call    newline
 
 done:
+        mov     $s_fwcfg, %esi
+        call    puts
+        xor     %eax, %eax                 /* FW_CFG_SIGNATURE */
+        call    fwcfg_select
+        mov     $4, %ecx
+        mov     $0x3f8, %bx
+4:      mov     $0x511, %dx
+        inb     %dx, %al
+        mov     %bx, %dx
+        outb    %al, %dx
+        loop    4b
+        mov     $s_cpus, %esi
+        call    puts
+        mov     $5, %eax                   /* FW_CFG_NB_CPUS, u16 LE */
+        call    fwcfg_select
+        call    fwcfg_read32
+        movzwl  %ax, %eax
+        call    putdec
+        mov     $s_ram, %esi
+        call    puts
+        mov     $3, %eax                   /* FW_CFG_RAM_SIZE, u64 LE: low half in MiB */
+        call    fwcfg_select
+        call    fwcfg_read32
+        shr     $20, %eax
+        call    putdec
+        call    newline
         mov     $0x21, %eax
         jmp     exit
 fail_magic:
@@ -109,6 +136,27 @@ exit:
         out     %eax, %dx
 3:      hlt
         jmp     3b
+
+/* fw_cfg: select key AX (16-bit write to the selector port). */
+fwcfg_select:
+        push    %edx
+        mov     $0x510, %dx
+        outw    %ax, %dx
+        pop     %edx
+        ret
+
+/* fw_cfg: read four data bytes, little endian, into EAX. */
+fwcfg_read32:
+        push    %ecx
+        push    %edx
+        mov     $0x511, %dx
+        mov     $4, %ecx
+1:      inb     %dx, %al
+        ror     $8, %eax
+        loop    1b
+        pop     %edx
+        pop     %ecx
+        ret
 
 /* Print the NUL-terminated string at ESI on COM1. */
 puts:
@@ -168,6 +216,9 @@ s_mmap:     .asciz "mmap_length="
 s_mods:     .asciz "mods_count="
 s_mod0:     .asciz "mod0="
 s_data:     .asciz " data="
+s_fwcfg:    .asciz "fw_cfg="
+s_cpus:     .asciz " cpus="
+s_ram:      .asciz " ram_mib="
 s_badmagic: .asciz "multiboot: bad magic in EAX\n"
 s_badflags: .asciz "multiboot: info flag missing\n"
 
