@@ -28,11 +28,18 @@ fn work_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// The guest as an ELF32 image (loaded by its program headers), linked with `ld_args`.
-fn elf_guest(name: &str, ld_args: &[&str]) -> PathBuf {
+/// The guest as an ELF32 image (loaded by its program headers), assembled with `as_args`
+/// and linked with `ld_args`.
+fn elf_guest_with(name: &str, as_args: &[&str], ld_args: &[&str]) -> PathBuf {
     let dir = work_dir(name);
     let (obj, elf) = (dir.join("g.o"), dir.join("g.elf"));
-    run_tool(Command::new("as").args(["--32", SOURCE, "-o"]).arg(&obj));
+    run_tool(
+        Command::new("as")
+            .arg("--32")
+            .args(as_args)
+            .args([SOURCE, "-o"])
+            .arg(&obj),
+    );
     run_tool(
         Command::new("ld")
             .args(["-m", "elf_i386", "-nostdlib", "-static", "-e", "_start"])
@@ -44,12 +51,15 @@ fn elf_guest(name: &str, ld_args: &[&str]) -> PathBuf {
     elf
 }
 
+fn elf_guest(name: &str, ld_args: &[&str]) -> PathBuf {
+    elf_guest_with(name, &[], ld_args)
+}
+
 /// Headers, text and data all at or above 1 MiB.
+const AT_1M: [&str; 3] = ["-z", "max-page-size=0x1000", "-Ttext-segment=0x100000"];
+
 fn elf_at_1m(name: &str) -> PathBuf {
-    elf_guest(
-        name,
-        &["-z", "max-page-size=0x1000", "-Ttext-segment=0x100000"],
-    )
+    elf_guest(name, &AT_1M)
 }
 
 /// The guest as a flat binary loaded by the header's address fields (flags bit 16).
@@ -164,6 +174,19 @@ fn aout_kludge_flat_guest_boots_from_the_header_address_fields() {
     assert_line(&r, &format!("cmdline={}", s(&k)));
     assert_line(&r, "mods_count=0");
     assert_line(&r, "fw_cfg=QEMU cpus=1 ram_mib=128");
+}
+
+#[test]
+fn elf32_multiboot_guest_switches_itself_to_long_mode() {
+    require_kvm();
+    let k = elf_guest_with("long", &["--defsym", "LONG=1"], &AT_1M);
+    let r = run_irqvm(
+        &["run", "--kernel", s(&k), "--memory", "64"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.status, Some(GUEST_OK), "{}", r.dump());
+    assert_line(&r, "multiboot: magic ok");
+    assert_line(&r, "long mode ok");
 }
 
 #[test]

@@ -7,7 +7,10 @@
  * It checks EAX == 0x2BADB002 (spec 3.2), then prints from the information structure
  * (spec 3.3) on COM1: mem_lower, mem_upper, the command line, the mmap length, the module
  * count, module 0's string and contents; then, from QEMU's fw_cfg (selector 0x510, data
- * 0x511), the signature, FW_CFG_NB_CPUS and FW_CFG_RAM_SIZE in MiB. It ends through isa-debug-exit (port 0xf4) with
+ * 0x511), the signature, FW_CFG_NB_CPUS and FW_CFG_RAM_SIZE in MiB. Built with
+ * --defsym LONG=1 it then switches to 64-bit long mode itself (its own page tables and GDT,
+ * Intel SDM vol. 3, 9.8.5 "Initializing IA-32e Mode"), as many QEMU test kernels do, and
+ * prints "long mode ok" from 64-bit code. It ends through isa-debug-exit (port 0xf4) with
  * value 0x21 (irqvm exits with (0x21 << 1) | 1 = 67); a wrong magic or a missing info flag
  * ends with value 1 (exit status 3).
  */
@@ -120,6 +123,9 @@ done:
         shr     $20, %eax
         call    putdec
         call    newline
+.ifdef LONG
+        jmp     go_long
+.endif
         mov     $0x21, %eax
         jmp     exit
 fail_magic:
@@ -136,6 +142,60 @@ exit:
         out     %eax, %dx
 3:      hlt
         jmp     3b
+
+.ifdef LONG
+/* Identity-map the first 1 GiB with 2 MiB pages, enable PAE, EFER.LME, paging, and jump to
+ * a 64-bit code segment (SDM vol. 3, 9.8.5). */
+go_long:
+        movl    $pdpt + 3, pml4
+        movl    $pd + 3, pdpt
+        xor     %ecx, %ecx
+1:      mov     %ecx, %eax
+        shl     $21, %eax
+        or      $0x83, %eax                /* present, writable, 2 MiB page */
+        mov     %eax, pd(,%ecx,8)
+        movl    $0, pd+4(,%ecx,8)
+        inc     %ecx
+        cmp     $512, %ecx
+        jne     1b
+        mov     $pml4, %eax
+        mov     %eax, %cr3
+        mov     %cr4, %eax
+        or      $0x20, %eax                /* CR4.PAE */
+        mov     %eax, %cr4
+        mov     $0xc0000080, %ecx          /* IA32_EFER */
+        rdmsr
+        or      $0x100, %eax               /* LME */
+        wrmsr
+        mov     %cr0, %eax
+        or      $0x80000000, %eax          /* CR0.PG */
+        mov     %eax, %cr0
+        lgdt    gdt_desc
+        ljmp    $0x08, $long_entry
+
+        .code64
+long_entry:
+        lea     s_long(%rip), %rsi
+        mov     $0x3f8, %dx
+1:      lodsb
+        test    %al, %al
+        jz      2f
+        out     %al, %dx
+        jmp     1b
+2:      mov     $0x21, %eax
+        mov     $0xf4, %dx
+        out     %eax, %dx
+3:      hlt
+        jmp     3b
+        .code32
+
+        .align 8
+gdt:    .quad   0
+        .quad   0x00af9a000000ffff         /* 0x08: 64-bit code */
+gdt_desc:
+        .word   15
+        .long   gdt
+.endif
 
 /* fw_cfg: select key AX (16-bit write to the selector port). */
 fwcfg_select:
@@ -219,6 +279,7 @@ s_data:     .asciz " data="
 s_fwcfg:    .asciz "fw_cfg="
 s_cpus:     .asciz " cpus="
 s_ram:      .asciz " ram_mib="
+s_long:     .asciz "long mode ok\n"
 s_badmagic: .asciz "multiboot: bad magic in EAX\n"
 s_badflags: .asciz "multiboot: info flag missing\n"
 
@@ -226,3 +287,9 @@ s_badflags: .asciz "multiboot: info flag missing\n"
         .align 16
         .space 4096
 stack_top:
+.ifdef LONG
+        .align 4096
+pml4:   .space 4096
+pdpt:   .space 4096
+pd:     .space 4096
+.endif
