@@ -199,6 +199,8 @@ fn fw_cfg_reports_the_vcpu_count_and_ram_size() {
     );
     assert_eq!(r.status, Some(GUEST_OK), "{}", r.dump());
     assert_line(&r, "fw_cfg=QEMU cpus=2 ram_mib=96");
+    // No --cmdline: the kernel file name only, not irqvm's default Linux console line.
+    assert_line(&r, &format!("cmdline={}", s(&k)));
 }
 
 #[test]

@@ -526,11 +526,18 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         )?,
         BootEntry::Pvh { .. } => boot::params::write_pvh_info(&mem, mem_size, initrd, rsdp)?,
         BootEntry::Multiboot { .. } => {
+            // The default is a Linux console line; a Multiboot test kernel would read it as
+            // arguments. Without --cmdline it gets none, as under QEMU.
+            let cmdline = if cfg.cmdline == crate::cli::DEFAULT_CMDLINE {
+                ""
+            } else {
+                &cfg.cmdline
+            };
             boot::multiboot::write_boot_info(
                 &mem,
                 mem_size,
                 &kernel_path,
-                &cfg.cmdline,
+                cmdline,
                 cfg.initrd.as_ref().map(|p| p.to_string_lossy()).as_deref(),
                 loaded.kernel_end,
             )?;
