@@ -8,8 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The `irqvm` binary of the same build profile as this test, built if missing.
+/// The `irqvm` binary of the same build profile as this test, built once per test process
+/// (before any test's clock starts).
 pub fn irqvm_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_irqvm).clone()
+}
+
+fn build_irqvm() -> PathBuf {
     if let Ok(p) = std::env::var("IRQVM_BIN") {
         return PathBuf::from(p);
     }
@@ -104,8 +110,9 @@ fn tail(s: &str, n: usize) -> &str {
 
 /// Run irqvm with `args`, stdin closed, killing it after `timeout`.
 pub fn run_irqvm(args: &[&str], timeout: Duration) -> Run {
+    let bin = irqvm_bin();
     let start = Instant::now();
-    let mut child = Command::new(irqvm_bin())
+    let mut child = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -289,4 +296,70 @@ pub fn irq_stats(stderr: &str) -> std::collections::BTreeMap<u32, (u64, u64)> {
         }
     }
     m
+}
+
+/// Run irqvm with stdin piped: each time `expect` appears on stdout, send the paired input.
+pub fn run_irqvm_interactive(args: &[&str], script: &[(&str, &str)], timeout: Duration) -> Run {
+    use std::io::{BufRead, BufReader, Write};
+    let bin = irqvm_bin();
+    let start = Instant::now();
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn irqvm");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let out = child.stdout.take().expect("stdout");
+    let mut err = child.stderr.take().expect("stderr");
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let t_out = std::thread::spawn(move || {
+        let mut r = BufReader::new(out);
+        let mut line = Vec::new();
+        while r.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(String::from_utf8_lossy(&line).into_owned());
+            line.clear();
+        }
+    });
+    let mut stdout = String::new();
+    let mut step = 0;
+    let mut timed_out = false;
+    let status = loop {
+        while let Ok(l) = rx.try_recv() {
+            stdout.push_str(&l);
+        }
+        if let Some((expect, send)) = script.get(step) {
+            if stdout.contains(expect) {
+                let _ = stdin.write_all(send.as_bytes());
+                let _ = stdin.flush();
+                step += 1;
+            }
+        }
+        if let Some(st) = child.try_wait().expect("wait irqvm") {
+            break st.code();
+        }
+        if start.elapsed() > timeout {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().ok().and_then(|s| s.code());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = t_out.join();
+    while let Ok(l) = rx.try_recv() {
+        stdout.push_str(&l);
+    }
+    Run {
+        status,
+        stdout,
+        stderr: t_err.join().unwrap_or_default(),
+        timed_out,
+        elapsed: start.elapsed(),
+    }
 }
