@@ -20,7 +20,7 @@ log=$(mktemp /tmp/irqvm-tests.XXXXXX)
 status=0
 cargo build --workspace --all-targets 2>&1 | tail -n 3
 cargo clippy --workspace --all-targets -- -D warnings 2>&1 | tail -n 3
-cargo test --workspace -- --test-threads="${IRQVM_TEST_THREADS:-2}" --nocapture 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast -- --test-threads="${IRQVM_TEST_THREADS:-2}" --nocapture 2>&1 | tee "$log" || status=$?
 
 skipped=$(grep -c '^skipped: ' "$log" || true)
 if [ "$skipped" -gt 0 ]; then

@@ -5,10 +5,14 @@
 //! 0x0000_0500  GDT (4 entries)                       GDT_START
 //! 0x0000_0520  IDT (empty, limit 0 until the kernel loads its own)
 //! 0x0000_6000  PVH hvm_start_info + memmap           PVH_INFO_START
+//!              or, for a Multiboot kernel, the Multiboot information structure, loader
+//!              name, mmap, module list and module strings  MULTIBOOT_INFO_START..END
 //! 0x0000_7000  Linux boot_params ("zero page")       ZERO_PAGE_START
 //! 0x0000_8ff0  boot stack top                        BOOT_STACK_POINTER
 //! 0x0000_9000  PML4, 0xa000 PDPTE, 0xb000 PDE (identity map of the first 1 GiB, 2 MiB pages)
 //! 0x0002_0000  kernel command line (up to 64 KiB)    CMDLINE_START
+//!              (everything below LOW_BOOT_AREA_END is irqvm's: Multiboot images may not load
+//!              there; 0x3_0000..EBDA_START is free conventional memory)
 //! 0x0009_fc00  EBDA start: reserved to 1 MiB          EBDA_START
 //! 0x000e_0000  ACPI tables (RSDP first)               ACPI_START .. MPTABLE_START
 //! 0x000f_0000  MP floating pointer + MP config table  MPTABLE_START .. 1 MiB
@@ -36,6 +40,11 @@ pub const PDPTE_START: u64 = 0xa000;
 pub const PDE_START: u64 = 0xb000;
 pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 0x10000;
+/// End of irqvm's low boot structures (GDT .. command line).
+pub const LOW_BOOT_AREA_END: u64 = CMDLINE_START + CMDLINE_MAX_SIZE as u64;
+/// Multiboot information area: the PVH area, unused when the kernel boots by Multiboot.
+pub const MULTIBOOT_INFO_START: u64 = PVH_INFO_START;
+pub const MULTIBOOT_INFO_END: u64 = ZERO_PAGE_START;
 pub const EBDA_START: u64 = 0x9fc00;
 pub const ACPI_START: u64 = 0xe0000;
 pub const MPTABLE_START: u64 = 0xf0000;

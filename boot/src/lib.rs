@@ -9,6 +9,7 @@ pub mod cpuid;
 pub mod layout;
 pub mod loader;
 pub mod mptable;
+pub mod multiboot;
 pub mod params;
 pub mod regs;
 
@@ -23,12 +24,23 @@ pub enum BootError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} is not a kernel irqvm can boot (expected a bzImage, an ELF64 vmlinux or a PVH ELF): {why}")]
+    #[error("{path} is not a kernel irqvm can boot (expected a bzImage, an ELF64 vmlinux, a PVH ELF or a Multiboot image): {why}")]
     NotAKernel { path: String, why: String },
     #[error("loading kernel {path} into guest memory failed: {source}; is the guest memory (--memory) large enough?")]
     LoadKernel {
         path: String,
         source: linux_loader::loader::Error,
+    },
+    #[error("cannot boot multiboot image {path}")]
+    MultibootImage {
+        path: String,
+        #[source]
+        source: multiboot::MultibootError,
+    },
+    #[error("preparing the multiboot modules and boot information failed")]
+    Multiboot {
+        #[source]
+        source: multiboot::MultibootError,
     },
     #[error("cannot read initrd {path}")]
     OpenInitrd {

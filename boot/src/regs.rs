@@ -113,8 +113,11 @@ pub fn setup_sregs(vcpu: &VcpuFd, entry: BootEntry) -> Result<()> {
             sregs.cr0 |= X86_CR0_PE | X86_CR0_PG | X86_CR0_ET;
             sregs.efer |= EFER_LME | EFER_LMA;
         }
-        BootEntry::Pvh { .. } => {
+        BootEntry::Pvh { .. } | BootEntry::Multiboot { .. } => {
             // PVH: 32-bit protected mode, paging off, flat segments (pvh.rst / start_info.h).
+            // Multiboot v1 (spec 3.2) wants the same: CS a 32-bit read/execute segment with
+            // offset 0 and limit 0xffffffff, DS/ES/FS/GS/SS flat data, CR0.PG clear, PE set.
+            // A20 is always enabled under KVM (no A20 gate is emulated).
             sregs.cs = segment_from_gdt(GDT[1], 1);
             sregs.cr0 = X86_CR0_PE | X86_CR0_ET;
             sregs.cr4 = 0;
@@ -140,6 +143,13 @@ pub fn setup_regs(vcpu: &VcpuFd, entry: BootEntry) -> Result<()> {
         BootEntry::Pvh { entry } => {
             regs.rip = entry;
             regs.rbx = PVH_INFO_START;
+        }
+        BootEntry::Multiboot { entry } => {
+            // Multiboot spec 3.2: EAX = magic, EBX = information structure, EFLAGS.IF and
+            // EFLAGS.VM clear (rflags above). ESP is undefined: the kernel sets its own.
+            regs.rip = entry;
+            regs.rax = crate::multiboot::BOOTLOADER_MAGIC as u64;
+            regs.rbx = MULTIBOOT_INFO_START;
         }
     }
     vcpu.set_regs(&regs).map_err(vcpu_err(0, "KVM_SET_REGS"))

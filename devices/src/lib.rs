@@ -4,6 +4,7 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod cmos;
 pub mod debug_exit;
+pub mod fw_cfg;
 pub mod i8042;
 pub mod irqchip_ports;
 pub mod pc_testdev;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::*;
 
-const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+const BOOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 struct Boot {
     kernel: &'static str,

@@ -18,6 +18,7 @@ use devices::acpi_pm::AcpiPm;
 use devices::bus::OffsetDevice;
 use devices::cmos::Cmos;
 use devices::debug_exit::DebugExit;
+use devices::fw_cfg::FwCfg;
 use devices::i8042::I8042;
 use devices::irqchip_ports::{IoapicMmio, PicPorts};
 use devices::pc_testdev::{self, PcTestdevLines};
@@ -467,6 +468,15 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::PC_TESTDEV_LINES_PORT as u64,
         pc_testdev::PC_TESTDEV_LINES,
     )?;
+    pio.insert(
+        Arc::new(Mutex::new(FwCfg::new(
+            cfg.vcpus as u16,
+            cfg.vcpus as u16,
+            mem_size,
+        ))),
+        layout::FW_CFG_PORT as u64,
+        FwCfg::PORT_LEN,
+    )?;
     let mut test_counts = None;
     if cfg.testdev {
         let dev = TestDevice::new(
@@ -512,7 +522,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     );
     boot::params::write_cmdline(&mem, &cfg.cmdline)?;
     let initrd = match &cfg.initrd {
-        Some(p) => {
+        // A Multiboot kernel gets its --initrd list as modules (below).
+        Some(p) if !matches!(loaded.entry, BootEntry::Multiboot { .. }) => {
             let max = loaded.setup_header.map_or(u64::MAX, |h| {
                 if h.initrd_addr_max != 0 {
                     h.initrd_addr_max as u64
@@ -527,7 +538,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 max,
             )?)
         }
-        None => None,
+        _ => None,
     };
     // Platform description, both ways: MP table (X86_MPPARSE kernels) and ACPI.
     let mut acpi_cfg = boot::acpi::AcpiConfig::new(nr_vcpus);
@@ -544,6 +555,23 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             rsdp,
         )?,
         BootEntry::Pvh { .. } => boot::params::write_pvh_info(&mem, mem_size, initrd, rsdp)?,
+        BootEntry::Multiboot { .. } => {
+            // The default is a Linux console line; a Multiboot test kernel would read it as
+            // arguments. Without --cmdline it gets none, as under QEMU.
+            let cmdline = if cfg.cmdline == crate::cli::DEFAULT_CMDLINE {
+                ""
+            } else {
+                &cfg.cmdline
+            };
+            boot::multiboot::write_boot_info(
+                &mem,
+                mem_size,
+                &kernel_path,
+                cmdline,
+                cfg.initrd.as_ref().map(|p| p.to_string_lossy()).as_deref(),
+                loaded.kernel_end,
+            )?;
+        }
     }
     boot::regs::write_gdt(&mem)?;
     boot::regs::write_page_tables(&mem)?;
