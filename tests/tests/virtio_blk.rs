@@ -25,7 +25,7 @@ fn disk(name: &str) -> PathBuf {
     p
 }
 
-fn host_sha256_first_256k(p: &PathBuf) -> String {
+fn host_sha256_first_256k(p: &std::path::Path) -> String {
     let out = Command::new("sh")
         .arg("-c")
         .arg(format!("head -c 262144 '{}' | sha256sum", p.display()))
