@@ -228,7 +228,7 @@ impl std::fmt::Display for InternalErrorInfo {
             bytes.join(" ")
         )?;
         if self.suberror == 1 && crate::host::is_pvm() {
-            write!(f, "; this host is PVM: mask the instruction's CPUID feature (--cpu-template pvm-safe) or avoid it in the guest, see shared/HOST-KVM.md")?;
+            write!(f, "; this host is PVM, whose emulator lacks some instructions: hide the instruction's CPUID feature from the guest kernel with clearcpuid= on its command line (on PVM the guest reads the host's CPUID directly, so irqvm's CPUID template cannot hide it), or avoid it in the guest; see resources/default-cmdline.txt")?;
         }
         Ok(())
     }
