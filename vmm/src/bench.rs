@@ -30,6 +30,8 @@ pub struct Sample {
 /// Parse the guest's JSON lines (anything else on the console is ignored).
 pub fn parse_log(config: &str, log: &str) -> Vec<Sample> {
     log.lines()
+        // The serial path transmits NUL bytes, which end up in front of the next line.
+        .map(|l| l.trim_start_matches('\0'))
         .filter(|l| l.starts_with('{'))
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter_map(|v| {
@@ -307,6 +309,12 @@ mod tests {
         let s = parse_log("irqvm split", LOG);
         assert_eq!(s.len(), 1);
         assert_eq!((s[0].path.as_str(), s[0].median_ns), ("ioapic_edge", 50.0));
+    }
+
+    #[test]
+    fn parse_skips_nul_bytes_the_serial_path_left_before_a_line() {
+        let log = format!("\0\0\0{}", LOG.lines().nth(1).unwrap());
+        assert_eq!(parse_log("irqvm kernel", &log).len(), 1);
     }
 
     #[test]
