@@ -358,6 +358,26 @@ impl VirtioBackend for Block {
     }
 }
 
+/// An unlinked temporary file of `len` bytes for device tests (one per thread and tag).
+#[cfg(test)]
+pub(crate) fn test_file(tag: &str, len: u64) -> File {
+    let p = std::env::temp_dir().join(format!(
+        "irqvm-{tag}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    f.set_len(len).unwrap();
+    let _ = std::fs::remove_file(&p);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
@@ -382,21 +402,7 @@ mod tests {
     }
 
     fn tempfile() -> File {
-        let dir = std::env::temp_dir();
-        let p = dir.join(format!(
-            "irqvm-blk-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        let _ = std::fs::remove_file(&p);
-        f
+        super::test_file("blk", 0)
     }
 
     const HDR: u64 = DATA;

@@ -215,20 +215,7 @@ mod tests {
     }
 
     fn dev() -> (VirtioMmio, Arc<Pulses>, GuestMemoryMmap) {
-        let p = std::env::temp_dir().join(format!(
-            "irqvm-vmmio-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.set_len(4096).unwrap();
-        let _ = std::fs::remove_file(&p);
+        let f = crate::virtio::block::test_file("vmmio", 4096);
         let blk = Block::new(BlockConfig {
             file: f,
             readonly: false,

@@ -611,20 +611,7 @@ mod tests {
     const BAR: u64 = 0xC000_0000;
 
     fn device() -> (VirtioPci, Arc<FakeRoutes>, Arc<FakeLine>) {
-        let dir = std::env::temp_dir().join(format!(
-            "irqvm-vpci-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&dir)
-            .unwrap();
-        f.set_len(8192).unwrap();
-        let _ = std::fs::remove_file(&dir);
+        let f = crate::virtio::block::test_file("vpci", 8192);
         let blk = Block::new(BlockConfig {
             file: f,
             readonly: false,

@@ -192,20 +192,7 @@ mod tests {
         Arc<Mutex<Counting>>,
         GuestMemoryMmap,
     ) {
-        let p = std::env::temp_dir().join(format!(
-            "irqvm-worker-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)
-            .unwrap();
-        f.set_len(1 << 20).unwrap();
-        let _ = std::fs::remove_file(&p);
+        let f = crate::virtio::block::test_file("worker", 1 << 20);
         let blk = Block::new(BlockConfig {
             file: f,
             readonly: false,
