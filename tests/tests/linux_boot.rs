@@ -193,11 +193,13 @@ fn linux_pvh_split_irqchip_1cpu_serial_counts_match_host_stats() {
     // as delivered), so the upper bound is loose.
     assert!(
         delivered >= guest,
-        "host delivered {delivered} < guest counted {guest}"
+        "host delivered {delivered} < guest counted {guest}:\n{}",
+        r.stderr
     );
     assert!(
         delivered <= guest + 400,
-        "host delivered {delivered}, guest counted {guest}"
+        "host delivered {delivered}, guest counted {guest}:\n{}",
+        r.stderr
     );
 }
 

@@ -277,21 +277,26 @@ pub fn irq_stats(stderr: &str) -> std::collections::BTreeMap<u32, (u64, u64)> {
     for line in stderr.lines() {
         let t = line.trim();
         if t.starts_with("GSI") && t.contains("RAISED") {
+            if in_table {
+                break; // a second table (the 8259's, by ISA IRQ) follows: not GSIs
+            }
             in_table = true;
             continue;
         }
         if !in_table {
             continue;
         }
-        let Some((gsi, rest)) = t.split_once(':') else {
-            in_table = false;
-            continue;
+        let row = t
+            .split_once(':')
+            .and_then(|(gsi, rest)| Some((gsi.trim().parse::<u32>().ok()?, rest)));
+        let Some((g, rest)) = row else {
+            break; // the first line after the GSI rows ends the table
         };
         let nums: Vec<u64> = rest
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
             .collect();
-        if let (Ok(g), Some(r), Some(d)) = (gsi.trim().parse(), nums.first(), nums.get(1)) {
+        if let (Some(r), Some(d)) = (nums.first(), nums.get(1)) {
             m.insert(g, (*r, *d));
         }
     }
