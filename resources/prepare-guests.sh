@@ -28,7 +28,7 @@ done
 take_cache_lock
 log "cache: $CACHE"
 ensure_pkgs linux-source-6.1 busybox-static build-essential bc bison flex libelf-dev \
-	libssl-dev cpio xz-utils binutils kmod
+	libssl-dev cpio xz-utils binutils kmod lz4
 
 step() {
 	local name="$1" t0
