@@ -71,7 +71,9 @@ SPEC="$WORK/spec"
 
 if [ -n "$MODROOT" ]; then
 	kvers=("$MODROOT"/lib/modules/*/)
-	[ "${#kvers[@]}" -eq 1 ] && [ -d "${kvers[0]}" ] || die "expected exactly one kernel under $MODROOT/lib/modules"
+	if [ "${#kvers[@]}" -ne 1 ] || [ ! -d "${kvers[0]}" ]; then
+		die "expected exactly one kernel under $MODROOT/lib/modules"
+	fi
 	MODDIR="${kvers[0]%/}"
 	KVER="$(basename "$MODDIR")"
 	[ -f "$MODDIR/modules.dep" ] || die "$MODDIR/modules.dep missing"

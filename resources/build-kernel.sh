@@ -21,7 +21,7 @@ JOBS="${IRQVM_JOBS:-$(nproc)}"
 RECIPE=1
 
 [ -f "$FRAGMENT" ] || die "missing $FRAGMENT"
-ensure_pkgs "$SRC_PKG" build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils binutils
+ensure_pkgs "$SRC_PKG" build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils binutils lz4
 [ -f "$TARBALL" ] || die "$TARBALL not found although $SRC_PKG is installed; reinstall it: apt-get install --reinstall $SRC_PKG"
 
 mapfile -t PATCHES < <(find "$PATCH_DIR" -maxdepth 1 -name '*.patch' -type f | LC_ALL=C sort)

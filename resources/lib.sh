@@ -1,6 +1,7 @@
 # shellcheck shell=bash
 # Shared helpers for the irqvm guest-artifact scripts. Sourced, not executed.
 
+# shellcheck disable=SC2034 # used by the scripts that source this file
 IRQVM_RESOURCES="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${IRQVM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/irqvm}"
 

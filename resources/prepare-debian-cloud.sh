@@ -23,7 +23,9 @@ fi
 PKG="$(apt-cache depends --important "$META" | awk '$1 == "Depends:" && $2 ~ /^linux-image-.*-cloud-amd64$/ {print $2; exit}')"
 [ -n "$PKG" ] || die "could not resolve the image package that $META depends on (apt-cache depends $META)"
 VER="$(apt-cache policy "$PKG" | awk '$1 == "Candidate:" {print $2}')"
-[ -n "$VER" ] && [ "$VER" != "(none)" ] || die "no installable version of $PKG; run 'apt-get update'"
+if [ -z "$VER" ] || [ "$VER" = "(none)" ]; then
+	die "no installable version of $PKG; run 'apt-get update'"
+fi
 WANT="$PKG=$VER"
 
 ROOT="$DIR/root"

@@ -20,7 +20,7 @@ with_cloud=1
 for a in "$@"; do
 	case "$a" in
 	--no-debian-cloud) with_cloud=0 ;;
-	-h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+	-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	*) die "unknown argument '$a' (see --help)" ;;
 	esac
 done
@@ -28,7 +28,7 @@ done
 take_cache_lock
 log "cache: $CACHE"
 ensure_pkgs linux-source-6.1 busybox-static build-essential bc bison flex libelf-dev \
-	libssl-dev cpio xz-utils binutils kmod
+	libssl-dev cpio xz-utils binutils kmod lz4
 
 step() {
 	local name="$1" t0

@@ -14,6 +14,8 @@
 #     --timeout S      kill QEMU after S seconds (default 180; 0 = none)
 #     --no-mask        plain -cpu host (no CPUID masks; shows what breaks on PVM hosts)
 #     --quiet-log      do not prefix lines with the elapsed time
+#     --monitor SOCK   QEMU human monitor on a unix socket (e.g. for `info registers -a`
+#                      when a guest hangs: python3/socat to SOCK)
 # Prints every console line prefixed with seconds since QEMU started, then one summary
 # line: "qemu-boot: exit=<status> wall=<s> init=<s|-> poweroff=<s|->".
 # Exit status: 0 if the guest printed "IRQVM-INIT: poweroff" and QEMU exited, else 1.
@@ -31,6 +33,7 @@ TIMEOUT=180
 MASK=1
 STAMP=1
 EXTRA=()
+EXTRA_MON=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--kernel) KERNEL="$2"; shift 2 ;;
@@ -43,8 +46,9 @@ while [ $# -gt 0 ]; do
 	--timeout) TIMEOUT="$2"; shift 2 ;;
 	--no-mask) MASK=0; shift ;;
 	--quiet-log) STAMP=0; shift ;;
+	--monitor) EXTRA_MON=(-monitor "unix:$2,server,nowait"); shift 2 ;;
 	--) shift; EXTRA=("$@"); break ;;
-	-h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+	-h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
 	*) die "unknown argument '$1' (see --help)" ;;
 	esac
 done
@@ -62,10 +66,11 @@ if [ "$MASK" -eq 1 ]; then
 fi
 [ -n "$APPEND" ] && CMDLINE="$CMDLINE $APPEND"
 
+# shellcheck disable=SC2054 # commas belong to QEMU's option syntax
 QEMU=(qemu-system-x86_64 -M microvm,x-option-roms=off -enable-kvm -cpu "$CPU"
 	-smp "$SMP" -m "$MEM" -nodefaults -no-user-config -nographic -display none
 	-serial stdio -no-reboot
-	-kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" "${EXTRA[@]}")
+	-kernel "$KERNEL" -initrd "$INITRD" -append "$CMDLINE" "${EXTRA_MON[@]}" "${EXTRA[@]}")
 printf 'qemu-boot:' >&2; printf ' %q' "${QEMU[@]}" >&2; echo >&2
 
 # Elapsed seconds since start into $NOW, without forking (EPOCHREALTIME has µs).
