@@ -128,8 +128,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
 
-    /// Kernel command line. Default: a serial console on ttyS0 with ACPI reboot/poweroff
-    /// (see `irqvm run --help` output of DEFAULT_CMDLINE in the README).
+    /// Kernel command line. Default: a serial console on ttyS0 with ACPI reboot/poweroff,
+    /// plus `noxsave clearcpuid=...` on PVM hosts (see the README).
     #[arg(long, value_name = "STR")]
     pub cmdline: Option<String>,
 
@@ -185,6 +185,20 @@ pub struct RunArgs {
 /// reboot on panic wait, and quiet legacy probes a microVM does not have.
 pub const DEFAULT_CMDLINE: &str =
     "console=ttyS0 reboot=acpi panic=-1 i8042.noaux i8042.nomux i8042.dumbkbd";
+
+/// Added to the default command line on PVM hosts: there the guest reads the host's CPUID
+/// directly (CPUID does not exit), so features KVM's PVM emulator cannot run must be hidden
+/// by the guest kernel itself (shared/HOST-KVM.md; resources/default-cmdline.txt).
+pub const PVM_CMDLINE_MASKS: &str = "noxsave clearcpuid=cx16,popcnt,bmi1,bmi2,movbe,rdrand,rdseed,fsgsbase,smap,smep,umip,pcid,invpcid,xsave";
+
+/// The default command line for this host.
+pub fn default_cmdline(pvm: bool) -> String {
+    if pvm {
+        format!("{DEFAULT_CMDLINE} {PVM_CMDLINE_MASKS}")
+    } else {
+        DEFAULT_CMDLINE.to_string()
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -14,7 +14,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use cli::{Cli, Command, DEFAULT_CMDLINE};
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -49,7 +49,9 @@ fn main() -> ExitCode {
             let cfg = vm::VmConfig {
                 kernel: args.kernel,
                 initrd: args.initrd,
-                cmdline: args.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+                cmdline: args
+                    .cmdline
+                    .unwrap_or_else(|| cli::default_cmdline(host::is_pvm())),
                 mem_mib: args.memory,
                 vcpus: args.vcpus,
                 irqchip: args.irqchip,

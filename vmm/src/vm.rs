@@ -558,7 +558,9 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         BootEntry::Multiboot { .. } => {
             // The default is a Linux console line; a Multiboot test kernel would read it as
             // arguments. Without --cmdline it gets none, as under QEMU.
-            let cmdline = if cfg.cmdline == crate::cli::DEFAULT_CMDLINE {
+            let cmdline = if cfg.cmdline == crate::cli::DEFAULT_CMDLINE
+                || cfg.cmdline == crate::cli::default_cmdline(true)
+            {
                 ""
             } else {
                 &cfg.cmdline
