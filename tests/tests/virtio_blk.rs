@@ -218,3 +218,39 @@ fn virtio_blk_mmio_kernel_irqchip_round_trips_data() {
     );
     let _ = std::fs::remove_file(img);
 }
+
+#[test]
+fn virtio_blk_pci_intx_two_disks_share_one_level_line_kernel_irqchip() {
+    let a = disk("intx-ka");
+    let b = disk("intx-kb");
+    let disks = [
+        format!("path={}", a.display()),
+        format!("path={},readonly=on", b.display()),
+    ];
+    let before_b = std::fs::read(&b).unwrap();
+    let Some(r) = roundtrip(
+        "virtio_blk_pci_intx_kernel",
+        "kernel",
+        "pci",
+        &disks,
+        "pci=nomsi",
+    ) else {
+        return;
+    };
+    assert_data_round_trips(&r, &a);
+    let irqs = interrupts(&r);
+    let shared = irqs
+        .lines()
+        .find(|l| l.contains("fasteoi") && l.contains("virtio0") && l.contains("virtio1"));
+    assert!(
+        shared.is_some(),
+        "no shared IO-APIC fasteoi line for both disks:\n{irqs}"
+    );
+    assert_eq!(
+        std::fs::read(&b).unwrap(),
+        before_b,
+        "read-only disk changed"
+    );
+    let _ = std::fs::remove_file(a);
+    let _ = std::fs::remove_file(b);
+}
