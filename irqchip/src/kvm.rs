@@ -37,7 +37,23 @@ struct Inner {
     /// MSI routes (GSIs >= 24) next to the platform routes of GSIs 0..nr_gsis; the whole
     /// table is re-installed on every change (KVM_SET_GSI_ROUTING replaces it).
     routing: Mutex<GsiRouting>,
+    /// Level device lines on KVM's irqfd resampler, created on first use per GSI.
+    resampled: Mutex<std::collections::BTreeMap<u32, Arc<Resampled>>>,
+    epoll: vmm_sys_util::epoll::Epoll,
+    stop: EventFd,
+    resampler: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
+
+/// One GSI driven through an irqfd registered with a resamplefd (KVM_IRQFD_FLAG_RESAMPLE):
+/// a write asserts the GSI until the guest's EOI, when KVM lowers it and signals `resample`.
+struct Resampled {
+    level: EventFd,
+    resample: EventFd,
+    /// Bit s set = resampled source s asserts the line.
+    sources: Mutex<u8>,
+}
+
+const RESAMPLE_STOP: u64 = u64::MAX;
 
 /// KVM's in-kernel PIC + IOAPIC + LAPIC, driven through irqfd, KVM_IRQ_LINE and
 /// KVM_SIGNAL_MSI.
@@ -63,7 +79,21 @@ impl KernelIrqchip {
                 sources: Mutex::new(0),
             });
         }
-        Ok(Self {
+        let io = |source| IrqError::EventFd { gsi: 0, source };
+        let epoll = vmm_sys_util::epoll::Epoll::new().map_err(io)?;
+        let stop = EventFd::new(EFD_NONBLOCK).map_err(io)?;
+        {
+            use std::os::fd::AsRawFd;
+            use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    stop.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, RESAMPLE_STOP),
+                )
+                .map_err(io)?;
+        }
+        let chip = Self {
             inner: Arc::new(Inner {
                 vm,
                 gsis,
@@ -73,8 +103,73 @@ impl KernelIrqchip {
                     RoutingMode::KernelIrqchip,
                     KVM_MAX_IRQ_ROUTES,
                 )?),
+                resampled: Mutex::new(std::collections::BTreeMap::new()),
+                epoll,
+                stop,
+                resampler: Mutex::new(None),
             }),
-        })
+        };
+        let inner = chip.inner.clone();
+        let t = std::thread::Builder::new()
+            .name("irq-resample".into())
+            .spawn(move || resample_loop(&inner))
+            .map_err(io)?;
+        *chip
+            .inner
+            .resampler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(t);
+        Ok(chip)
+    }
+
+    /// Stop and join the resample thread (after the vCPUs are gone).
+    pub fn shutdown(&self) {
+        let _ = self.inner.stop.write(1);
+        let t = self
+            .inner
+            .resampler
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(t) = t {
+            let _ = t.join();
+        }
+    }
+
+    fn resampled(&self, gsi: u32) -> Result<Arc<Resampled>, IrqError> {
+        use std::os::fd::AsRawFd;
+        use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
+        let mut map = self
+            .inner
+            .resampled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(r) = map.get(&gsi) {
+            return Ok(r.clone());
+        }
+        let efd = || EventFd::new(EFD_NONBLOCK).map_err(|source| IrqError::EventFd { gsi, source });
+        let r = Arc::new(Resampled {
+            level: efd()?,
+            resample: efd()?,
+            sources: Mutex::new(0),
+        });
+        self.inner
+            .vm
+            .register_irqfd_with_resample(&r.level, &r.resample, gsi)
+            .map_err(|e| IrqError::Kvm {
+                what: "KVM_IRQFD with KVM_IRQFD_FLAG_RESAMPLE",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
+        self.inner
+            .epoll
+            .ctl(
+                ControlOperation::Add,
+                r.resample.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, gsi as u64),
+            )
+            .map_err(|source| IrqError::EventFd { gsi, source })?;
+        map.insert(gsi, r.clone());
+        Ok(r)
     }
 
     /// Install the in-kernel routing table that matches the platform tables irqvm gives the
@@ -206,6 +301,73 @@ pub fn pic_irq_for_gsi(gsi: u32) -> Option<u8> {
     }
 }
 
+/// Wait for resamplefds (the guest's EOI of a resampled level GSI) and re-assert the GSI
+/// while a source still holds it; ends when `stop` is signalled.
+fn resample_loop(inner: &Inner) {
+    use vmm_sys_util::epoll::EpollEvent;
+    let mut events = vec![EpollEvent::default(); 32];
+    loop {
+        let n = match inner.epoll.wait(-1, &mut events) {
+            Ok(n) => n,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(e) => {
+                log::error!("irq-resample: epoll_wait failed: {e}; level lines stop re-asserting");
+                return;
+            }
+        };
+        for ev in &events[..n] {
+            if ev.data() == RESAMPLE_STOP {
+                return;
+            }
+            let gsi = ev.data() as u32;
+            let r = inner
+                .resampled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&gsi)
+                .cloned();
+            let Some(r) = r else { continue };
+            let _ = r.resample.read();
+            inner.stats.record(gsi, Counter::Eoi);
+            // KVM lowered the line at the EOI; raise it again if a source still holds it.
+            if *r.sources.lock().unwrap_or_else(|e| e.into_inner()) != 0 {
+                if let Err(e) = r.level.write(1) {
+                    log::warn!("resampled irqfd write for gsi {gsi} failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A source of a resampled level line (see [`LineProvider::level_line`]).
+struct ResampledLine {
+    inner: Arc<Inner>,
+    r: Arc<Resampled>,
+    gsi: u32,
+    source: u8,
+}
+
+impl InterruptLine for ResampledLine {
+    fn set_level(&self, level: bool) {
+        let mut s = self.r.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let before = *s != 0;
+        if level {
+            *s |= 1 << self.source;
+            self.inner.stats.record_source_raise(self.gsi, self.source);
+        } else {
+            *s &= !(1 << self.source);
+        }
+        // Rising: assert until the guest's EOI. Falling needs no call: KVM lowers the line at
+        // the EOI and the resample thread sees no source holding it.
+        if !before && *s != 0 {
+            self.inner.stats.record(self.gsi, Counter::Raised);
+            if let Err(e) = self.r.level.write(1) {
+                log::warn!("resampled irqfd write for gsi {} failed: {e}", self.gsi);
+            }
+        }
+    }
+}
+
 struct KernelLine {
     inner: Arc<Inner>,
     gsi: u32,
@@ -270,6 +432,23 @@ impl LineProvider for KernelIrqchip {
         }
         Ok(Arc::new(KernelLine {
             inner: self.inner.clone(),
+            gsi,
+            source,
+        }))
+    }
+
+    fn level_line(&self, gsi: u32, source: u8) -> Result<Arc<dyn InterruptLine>, IrqError> {
+        let max = self.inner.gsis.len() as u32;
+        if gsi >= max || source >= SOURCES_PER_GSI {
+            return Err(IrqError::NoSuchLine {
+                gsi,
+                source_id: source,
+                max,
+            });
+        }
+        Ok(Arc::new(ResampledLine {
+            inner: self.inner.clone(),
+            r: self.resampled(gsi)?,
             gsi,
             source,
         }))

@@ -25,6 +25,17 @@ pub trait LineProvider: Send + Sync {
         gsi: u32,
         source: u8,
     ) -> Result<std::sync::Arc<dyn InterruptLine>, crate::IrqError>;
+    /// A source for a *level-triggered device line that re-checks its condition at each EOI*
+    /// (PCI INTx). Backends may implement it with KVM's irqfd resampler; the default is
+    /// [`LineProvider::line`]. Do not use it for lines driven with exact assert/deassert
+    /// timing: a resampled line stays asserted until the guest's EOI.
+    fn level_line(
+        &self,
+        gsi: u32,
+        source: u8,
+    ) -> Result<std::sync::Arc<dyn InterruptLine>, crate::IrqError> {
+        self.line(gsi, source)
+    }
     /// Times the line was raised by the host (any source) since the last `reset_stats`.
     fn raised(&self, gsi: u32) -> u64;
     /// Raises of this GSI the host saw merge: hidden by another source of the wired-OR, or

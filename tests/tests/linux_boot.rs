@@ -249,7 +249,15 @@ fn linux_split_irqchip_noapic_gets_serial_through_the_8259() {
 /// check is on the shell's *output* (`CONSOLE-42-OK`), not on the tty's echo of the input.
 #[test]
 fn linux_console_input_reaches_an_interactive_shell() {
-    let t = "linux_console_input";
+    console_input("linux_console_input", "kernel");
+}
+
+#[test]
+fn linux_console_input_reaches_an_interactive_shell_split_irqchip() {
+    console_input("linux_console_input_split", "split");
+}
+
+fn console_input(t: &str, irqchip: &str) {
     require_kvm();
     let kernel = artifact("linux/current/vmlinux");
     let initrd = artifact("initramfs.cpio");
@@ -266,6 +274,8 @@ fn linux_console_input_reaches_an_interactive_shell() {
             initrd.to_str().unwrap(),
             "--memory",
             "256",
+            "--irqchip",
+            irqchip,
             "--cmdline",
             &cmdline,
         ],

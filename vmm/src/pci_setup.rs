@@ -242,7 +242,9 @@ impl VirtioDevices {
             // The slot this device will get: the root fills the lowest free one.
             let slot = i + 1;
             let (gsi, source) = intx_route(slot);
-            let line = a.lines.line(gsi, source)?;
+            // INTx is level-triggered and re-checked at each EOI: in kernel mode it rides
+            // KVM's irqfd resampler (split mode handles EOIs itself).
+            let line = a.lines.level_line(gsi, source)?;
             let dev = VirtioPci::new(
                 Box::new(block),
                 a.mem.clone(),

@@ -368,6 +368,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
     stats.set_label(layout::SERIAL_IRQ as u32, "serial");
     stats.set_label(2, "timer");
     let mut split: Option<SplitIrqchip> = None;
+    let mut kernel_chip: Option<KernelIrqchip> = None;
     #[allow(clippy::type_complexity)]
     let (lines, msi, msi_routes): (
         Arc<dyn LineProvider>,
@@ -387,6 +388,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             vm.create_pit2(pit).map_err(kvm_err("KVM_CREATE_PIT2"))?;
             KernelIrqchip::install_platform_routes(&vm, layout::IOAPIC_PINS as u32)?;
             let chip = KernelIrqchip::new(vm.clone(), layout::IOAPIC_PINS as u32, stats.clone())?;
+            kernel_chip = Some(chip.clone());
             (
                 Arc::new(chip.clone()),
                 Arc::new(chip.clone()),
@@ -659,6 +661,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         if t.join().is_err() {
             log::error!("a vCPU thread panicked");
         }
+    }
+    // Device threads are gone with the vCPUs; stop the resampler too (no thread left behind).
+    if let Some(chip) = &kernel_chip {
+        chip.shutdown();
     }
     let mut outcome = shutdown.outcome();
     virtio.stop();
