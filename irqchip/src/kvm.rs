@@ -420,8 +420,9 @@ impl InterruptLine for KernelLine {
     }
 }
 
-impl LineProvider for KernelIrqchip {
-    fn line(&self, gsi: u32, source: u8) -> Result<Arc<dyn InterruptLine>, IrqError> {
+impl KernelIrqchip {
+    /// GSI and source in range, or the typed error naming the valid ranges.
+    fn check_line(&self, gsi: u32, source: u8) -> Result<(), IrqError> {
         let max = self.inner.gsis.len() as u32;
         if gsi >= max || source >= SOURCES_PER_GSI {
             return Err(IrqError::NoSuchLine {
@@ -430,6 +431,13 @@ impl LineProvider for KernelIrqchip {
                 max,
             });
         }
+        Ok(())
+    }
+}
+
+impl LineProvider for KernelIrqchip {
+    fn line(&self, gsi: u32, source: u8) -> Result<Arc<dyn InterruptLine>, IrqError> {
+        self.check_line(gsi, source)?;
         Ok(Arc::new(KernelLine {
             inner: self.inner.clone(),
             gsi,
@@ -438,14 +446,7 @@ impl LineProvider for KernelIrqchip {
     }
 
     fn level_line(&self, gsi: u32, source: u8) -> Result<Arc<dyn InterruptLine>, IrqError> {
-        let max = self.inner.gsis.len() as u32;
-        if gsi >= max || source >= SOURCES_PER_GSI {
-            return Err(IrqError::NoSuchLine {
-                gsi,
-                source_id: source,
-                max,
-            });
-        }
+        self.check_line(gsi, source)?;
         Ok(Arc::new(ResampledLine {
             inner: self.inner.clone(),
             r: self.resampled(gsi)?,
