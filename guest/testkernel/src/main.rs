@@ -22,6 +22,7 @@ mod desc;
 mod fmtnum;
 mod ioapic;
 mod mem;
+mod pci;
 mod pic;
 mod serial;
 mod smp;
