@@ -15,6 +15,7 @@
 //! Nonexistent functions read all-ones (master abort) and ignore writes.
 
 pub mod config;
+pub mod msix;
 
 use std::sync::{Arc, Mutex, RwLock};
 
