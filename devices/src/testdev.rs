@@ -72,6 +72,7 @@ pub mod msix_stat {
     pub const PENDED: u32 = 2;
     pub const MERGED: u32 = 3;
     pub const DROPPED: u32 = 4;
+    pub const REFUSED: u32 = 5;
 }
 
 /// Longest BURST a guest may ask for, and the longest gap between its pulses. Bounds keep a
@@ -378,7 +379,8 @@ impl TestDevice {
                     msix_stat::PENDED => s.pended,
                     msix_stat::MERGED => s.merged,
                     msix_stat::DROPPED => s.dropped,
-                    _ => return Err(format!("MSIX_STATS counter {a1} is not 0..=4")),
+                    msix_stat::REFUSED => s.refused,
+                    _ => return Err(format!("MSIX_STATS counter {a1} is not 0..=5")),
                 };
                 Ok(u32::try_from(v).unwrap_or(u32::MAX))
             }
@@ -935,7 +937,7 @@ mod tests {
                 );
                 assert_eq!(stat(&mut r, k, 0), RESULT_ERROR);
             }
-            assert_eq!(stat(&mut r, 0, 5), RESULT_ERROR, "no counter 5");
+            assert_eq!(stat(&mut r, 0, 6), RESULT_ERROR, "no counter 6");
         }
 
         #[test]

@@ -8,7 +8,11 @@
 //! * the table and PBA state ([`MsixTable`], the state machine in `irqchip::msix`), reached
 //!   through one memory BAR at fixed offsets;
 //! * per vector one GSI route and one eventfd bound to it as a KVM irqfd, so a fire is one
-//!   eventfd write and the interrupt is injected in the kernel;
+//!   eventfd write and the interrupt is injected in the kernel. A message a local APIC would
+//!   not accept (address outside 0xFEEx_xxxx, reserved delivery mode, vector 0-15; Intel SDM
+//!   vol. 3 11.11) is not sent: on a real bus that write is a memory write, not an
+//!   interrupt, and KVM would otherwise deliver it anyway. It is logged (rate-limited) and
+//!   counted as refused;
 //! * per-vector counters (raised, fired, pended, merged, dropped) so a test can account for
 //!   every raise.
 //!
@@ -19,7 +23,7 @@
 use std::sync::Arc;
 
 use irqchip::msix::{MsixEffects, MsixRaise, MsixTable};
-use irqchip::{IrqError, MsiMessage, MsiRouteSink};
+use irqchip::{guest_warn, IrqError, MsiMessage, MsiRouteSink};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::config::{self, CAP_ID_MSIX};
@@ -54,6 +58,8 @@ pub struct VectorStats {
     pub merged: u64,
     /// Raises while MSI-X was disabled (the function does not use MSI-X then).
     pub dropped: u64,
+    /// Messages not sent because no local APIC would accept them (see the module docs).
+    pub refused: u64,
 }
 
 struct Vector {
@@ -172,9 +178,15 @@ impl MsixVectors {
     /// Send vector `k`'s message: one write to its irqfd. Returns whether it was sent.
     fn fire(&mut self, k: u16) -> bool {
         let name = self.name;
+        let msg = self.table.message(k);
         let Some(v) = self.vectors.get_mut(usize::from(k)) else {
             return false;
         };
+        if let Some(Err(e)) = msg.map(|m| m.validate()) {
+            guest_warn!("{name}: MSI-X vector {k} not sent: {e}");
+            v.stats.refused += 1;
+            return false;
+        }
         if let Err(e) = v.evt.write(1) {
             log::warn!("{name}: irqfd write for MSI-X vector {k} failed: {e}");
             return false;
@@ -195,7 +207,7 @@ impl MsixVectors {
                 continue;
             };
             if let Err(e) = self.routes.set_msi_route(v.gsi, msg) {
-                log::error!(
+                guest_warn!(
                     "{}: re-routing MSI-X vector {k} (GSI {}) failed: {e}",
                     self.name,
                     v.gsi
@@ -220,7 +232,7 @@ impl MsixVectors {
             }
         }
         if matches!(r, MsixRaise::Fire(_)) && !self.fire(k) {
-            // The irqfd write failed (logged); report it as not delivered.
+            // Refused or the irqfd write failed (both logged and counted): not delivered.
             return MsixRaise::Disabled;
         }
         r
@@ -454,6 +466,25 @@ pub(crate) mod tests {
         assert_eq!(enable(&mut m, &mut cfg, 0x8000), Some(2));
         assert_eq!(m.eventfd(0).unwrap().read().unwrap(), 1);
         assert_eq!(m.eventfd(2).unwrap().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn message_a_local_apic_would_refuse_is_not_sent() {
+        let (mut m, mut cfg, _) = rig(2);
+        enable(&mut m, &mut cfg, 0x8000);
+        for (addr, data) in [
+            (0xFED0_0000u32, 0x41u32),
+            (0xFEE0_0000, 0x300 | 0x41),
+            (0xFEE0_0000, 0x05),
+        ] {
+            m.bar_write(2, LAYOUT.table_offset, &addr.to_le_bytes());
+            m.bar_write(2, LAYOUT.table_offset + 8, &data.to_le_bytes());
+            m.bar_write(2, LAYOUT.table_offset + 12, &0u32.to_le_bytes());
+            assert_eq!(m.raise(0), MsixRaise::Disabled, "{addr:#x}/{data:#x}");
+            assert!(m.eventfd(0).unwrap().read().is_err());
+        }
+        assert_eq!(m.stats(0).unwrap().refused, 3);
+        assert_eq!(m.stats(0).unwrap().fired, 0);
     }
 
     #[test]
