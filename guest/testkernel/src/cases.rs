@@ -1395,6 +1395,12 @@ struct Tally {
 static X2_PASS: AtomicBool = AtomicBool::new(false);
 
 fn run_one(t: &mut Tally, i: usize, c: &Case) {
+    // `irqvm.only=PREFIX` on the command line runs only the cases named PREFIX... (debugging).
+    if let Some(p) = crate::cmdline_arg("irqvm.only") {
+        if !c.name.as_bytes().starts_with(p.as_bytes()) {
+            return;
+        }
+    }
     let suffix = if X2_PASS.load(Ordering::Relaxed) { "_x2apic" } else { "" };
     CURRENT.store(i, Ordering::SeqCst);
     let out = match missing(c.needs) {
