@@ -992,6 +992,52 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(5));
         }
 
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+            /// No sequence of commands, arguments and BAR/config writes to the function
+            /// panics, and the counters stay consistent.
+            #[test]
+            fn any_msix_command_sequence_is_harmless(
+                ops in proptest::collection::vec(
+                    (0u32..16, any::<u32>(), any::<u32>(), 0u64..0x1000, any::<u32>()), 1..64)
+            ) {
+                let (mut r, f, _) = rig_fn();
+                for (c, a0, a1, off, val) in ops {
+                    match c {
+                        0..=3 => {
+                            f.lock().unwrap().bar_write(0, off & !3, &val.to_le_bytes());
+                        }
+                        4 => {
+                            f.lock().unwrap().config_write((off & 0xFF) as usize, &val.to_le_bytes());
+                        }
+                        5 => {
+                            f.lock().unwrap().config_write(0x42, &(val as u16).to_le_bytes());
+                        }
+                        _ => {
+                            let cmd = [cmd::MSIX_RAISE, cmd::MSIX_STATS, cmd::INTX_SET,
+                                cmd::MSIX_BURST, cmd::MSIX_BURST_STATUS, cmd::STATS_RESET][(c as usize) % 6];
+                            // Keep bursts short so the test does not wait on host sleeps.
+                            let (a1, a2) = if cmd == cmd::MSIX_BURST { (a1 % 4, 0) } else { (a1, 0) };
+                            command(&mut r.dev, cmd, [a0 % 20, a1, a2, 0]);
+                        }
+                    }
+                }
+                let start = std::time::Instant::now();
+                while command(&mut r.dev, cmd::MSIX_BURST_STATUS, [0; 4]) != 0 {
+                    prop_assert!(start.elapsed() < Duration::from_secs(10));
+                    std::thread::yield_now();
+                }
+                for k in 0..16u32 {
+                    let raised = stat(&mut r, k, msix_stat::RAISED);
+                    let parts = [msix_stat::PENDED, msix_stat::MERGED, msix_stat::DROPPED]
+                        .iter()
+                        .map(|w| stat(&mut r, k, *w))
+                        .sum::<u32>();
+                    prop_assert!(parts <= raised, "vector {}: more outcomes than raises", k);
+                }
+            }
+        }
+
         #[test]
         fn intx_set_drives_the_functions_pin() {
             let (mut r, _, line) = rig_fn();
