@@ -12,6 +12,9 @@
 //!   Status, 6.2.3) whatever the Command register's Interrupt Disable bit (bit 10, 6.2.2)
 //!   says; the pin is asserted only while the request is set, Interrupt Disable is clear and
 //!   MSI-X is disabled (a function with MSI-X enabled must not use INTx#, 6.8.2).
+//! * A raise of an MSI-X vector while MSI-X is disabled falls back to INTx, as a function
+//!   with neither MSI nor MSI-X enabled signals on its pin: it sets the INTx request (cleared
+//!   by INTX_SET 0, the "interrupt handled" acknowledgement).
 //!   The VMM writes the GSI into Interrupt Line (0x3C) as firmware would.
 
 use std::sync::Arc;
@@ -94,9 +97,14 @@ impl TestPciFunction {
         })
     }
 
-    /// Raise MSI-X vector `k` (6.8.2 state machine; counted).
+    /// Raise MSI-X vector `k` (6.8.2 state machine; counted). With MSI-X disabled the
+    /// function falls back to INTx (see the module documentation).
     pub fn raise(&mut self, k: u16) -> MsixRaise {
-        self.msix.raise(k)
+        let r = self.msix.raise(k);
+        if r == MsixRaise::Disabled && !self.msix.enabled() {
+            self.set_intx(true);
+        }
+        r
     }
 
     /// Counters of vector `k`.
@@ -303,7 +311,23 @@ mod tests {
     }
 
     #[test]
+    fn raise_with_msix_disabled_falls_back_to_intx() {
+        let (mut f, line) = rig();
+        program(&mut f, 0, 0x40, false);
+        assert_eq!(f.raise(0), MsixRaise::Disabled);
+        assert!(line.level());
+        assert_ne!(f.cfg.read_u16(STATUS) & 8, 0);
+        assert!(
+            f.msix().eventfd(0).unwrap().read().is_err(),
+            "no MSI-X message"
+        );
+    }
+
+    #[test]
     fn raise_of_a_vector_beyond_16_is_refused() {
+        let (mut f, line) = rig();
+        assert_eq!(f.raise(16), MsixRaise::NoSuchVector);
+        assert!(!line.level(), "a bad vector does not fall back to INTx");
         let (mut f, _) = rig();
         set_ctrl(&mut f, 0x8000);
         assert_eq!(f.raise(16), MsixRaise::NoSuchVector);
