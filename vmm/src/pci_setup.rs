@@ -12,6 +12,9 @@
 //! * virtio-mmio: device *i* at `VIRTIO_MMIO_START + i * 4 KiB`, edge-triggered GSI `20 + i`
 //!   (at most 4 devices).
 //! * Queue notifications are KVM ioeventfds; the device thread runs an event-manager loop.
+//! * `--testdev` adds the test PCI function (devices/src/pci/testfn.rs) in slot
+//!   [`TESTFN_SLOT`] (31): INTA# is then GSI 19, source 6 (no test-kernel case drives that
+//!   source through LINE_SET), 16 MSI-X vectors with GSIs from the routing table.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -22,7 +25,9 @@ use std::thread::JoinHandle;
 use boot::acpi::{AcpiConfig, PciHostConfig, PciRoute, VirtioMmioDevice};
 use boot::layout;
 use boot::mptable::{MpTable, MptableError, PciIntPin};
+use devices::pci::testfn::{TestPciFunction, TESTFN_BAR_SIZE};
 use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+use devices::testdev::SharedTestFn;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
 use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
@@ -41,6 +46,8 @@ pub const PCI_INTX_GSI_BASE: u32 = 16;
 /// First GSI for virtio-mmio devices, and how many there can be.
 pub const VIRTIO_MMIO_GSI_BASE: u32 = 20;
 pub const MAX_VIRTIO_MMIO: usize = 4;
+/// PCI slot of the test device's function (`--testdev`).
+pub const TESTFN_SLOT: usize = 31;
 
 /// The GSI and wired-OR source of PCI slot `slot`'s INTA# (see the module documentation).
 pub fn intx_route(slot: usize) -> (u32, u8) {
@@ -127,6 +134,8 @@ pub enum PciSetupError {
     },
     #[error("virtio-pci device: {0}")]
     VirtioPci(#[from] devices::virtio::pci::VirtioPciError),
+    #[error("test PCI function: {0}")]
+    TestFn(#[from] devices::pci::testfn::TestFnError),
     #[error("PCI bus: {0}")]
     Pci(#[from] devices::pci::PciError),
     #[error("no room for a {size:#x}-byte BAR in the PCI MMIO window; attach fewer devices")]
@@ -161,6 +170,7 @@ pub struct VirtioDevices {
     mmio_acpi: Vec<VirtioMmioDevice>,
     intx: Vec<(u8, u8)>,
     stats: Vec<(String, Arc<VirtioStats>)>,
+    testfn: Option<SharedTestFn>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -173,6 +183,8 @@ pub struct SetupArgs<'a> {
     pub routes: Arc<dyn MsiRouteSink>,
     pub disks: &'a [DiskSpec],
     pub transport: VirtioTransportArg,
+    /// Add the test device's PCI function (`--testdev`).
+    pub testdev: bool,
 }
 
 /// Queue notify addresses as KVM ioeventfds (any written value kicks the queue).
@@ -220,6 +232,7 @@ impl VirtioDevices {
             mmio_acpi: Vec::new(),
             intx: Vec::new(),
             stats: Vec::new(),
+            testfn: None,
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -228,16 +241,23 @@ impl VirtioDevices {
     /// Build the devices, register their ioeventfds, and start the device thread.
     pub fn setup(a: SetupArgs<'_>) -> Result<Self, PciSetupError> {
         let mut out = Self::empty();
-        if a.disks.is_empty() {
-            return Ok(out);
-        }
         let mut subscribers: Vec<Subscriber> = Vec::new();
-        match a.transport {
-            VirtioTransportArg::Pci => out.setup_pci(&a, &mut subscribers)?,
-            VirtioTransportArg::Mmio => out.setup_mmio(&a, &mut subscribers)?,
+        let pci_disks = a.transport == VirtioTransportArg::Pci && !a.disks.is_empty();
+        if pci_disks || a.testdev {
+            out.setup_pci(&a, &mut subscribers)?;
         }
-        out.start(subscribers)?;
+        if a.transport == VirtioTransportArg::Mmio && !a.disks.is_empty() {
+            out.setup_mmio(&a, &mut subscribers)?;
+        }
+        if !subscribers.is_empty() {
+            out.start(subscribers)?;
+        }
         Ok(out)
+    }
+
+    /// The test PCI function, when `--testdev` asked for one.
+    pub fn testdev_function(&self) -> Option<SharedTestFn> {
+        self.testfn.clone()
     }
 
     fn setup_pci(
@@ -252,7 +272,11 @@ impl VirtioDevices {
         )
         .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
         let mut prt = Vec::new();
-        for (i, d) in a.disks.iter().enumerate() {
+        let pci_disks = match a.transport {
+            VirtioTransportArg::Pci => a.disks,
+            VirtioTransportArg::Mmio => &[],
+        };
+        for (i, d) in pci_disks.iter().enumerate() {
             let block = open_block(d, i)?;
             let bar = alloc
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
@@ -294,6 +318,30 @@ impl VirtioDevices {
                 }
             })?;
             subscribers.push(Box::new(worker));
+        }
+        if a.testdev {
+            let bar = alloc
+                .allocate(TESTFN_BAR_SIZE, TESTFN_BAR_SIZE, AllocPolicy::FirstMatch)
+                .map_err(|_| PciSetupError::BarSpace {
+                    size: TESTFN_BAR_SIZE,
+                })?;
+            let (gsi, source) = intx_route(TESTFN_SLOT);
+            let line = a.lines.level_line(gsi, source)?;
+            let f = TestPciFunction::new(bar.start(), a.routes.clone(), Some((line, gsi as u8)))?;
+            log::info!(
+                "test PCI function at 00:{TESTFN_SLOT:02x}.0, BAR 0 {:#x}, INTA# GSI {gsi}, MSI-X GSIs {:?}",
+                bar.start(),
+                f.msix_gsis()
+            );
+            let f = Arc::new(Mutex::new(f));
+            root.add_device_at(TESTFN_SLOT, f.clone())?;
+            prt.push(PciRoute {
+                device: TESTFN_SLOT as u8,
+                pin: 0,
+                gsi,
+            });
+            self.intx.push((TESTFN_SLOT as u8, gsi as u8));
+            self.testfn = Some(f);
         }
         let root = Arc::new(root);
         self.pio.push((

@@ -9,11 +9,12 @@
 //! | 0x1000       | ISR status (4.1.4.5)                        |
 //! | 0x2000       | device-specific configuration (4.1.4.6)     |
 //! | 0x3000       | notifications, 4 bytes per queue (4.1.4.4)  |
-//! | 0x4000       | MSI-X table ([`MsixTable`], PCI 3.0 6.8.2)  |
+//! | 0x4000       | MSI-X table ([`MsixVectors`], PCI 3.0 6.8.2) |
 //! | 0x5000       | MSI-X PBA                                   |
 //!
 //! Interrupts: with MSI-X enabled each vector is an eventfd bound as a KVM irqfd to its own
-//! GSI route ([`MsiRouteSink`]); a masked vector pends in the PBA and fires once on unmask.
+//! GSI route ([`MsixVectors`], shared with the other PCI functions); a masked vector pends in
+//! the PBA and fires once on unmask.
 //! With MSI-X disabled the function uses INTA#: level, active low, through the wired-OR line
 //! model; the ISR read clears the ISR and deasserts the line (4.1.4.5.1), and the command
 //! register's Interrupt Disable bit gates the pin while Interrupt Status still reflects it
@@ -26,14 +27,15 @@
 
 use std::sync::Arc;
 
-use irqchip::msix::{MsixEffects, MsixRaise, MsixTable};
-use irqchip::{guest_warn, InterruptLine, IrqError, MsiMessage, MsiRouteSink};
+use irqchip::msix::MsixRaise;
+use irqchip::{guest_warn, InterruptLine, MsiRouteSink};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{VirtioBackend, VirtioCore, VirtioStats, VirtioTransport, NO_VECTOR};
-use crate::pci::config::{self, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND};
+use crate::pci::config::{self, CAP_ID_VENDOR, COMMAND};
+use crate::pci::msix::{MsixLayout, MsixSetupError, MsixVectors};
 use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
 
 pub const BAR_SIZE: u64 = 0x8000;
@@ -63,17 +65,10 @@ pub const ISR_CONFIG: u8 = 2;
 pub enum VirtioPciError {
     #[error("virtio-pci configuration space: {0}")]
     Config(#[from] config::ConfigError),
-    #[error("MSI-X: {0}")]
-    Msix(#[from] irqchip::msix::MsixError),
-    #[error("MSI-X vector routes: {0}")]
-    Irq(#[from] IrqError),
+    #[error(transparent)]
+    Msix(#[from] MsixSetupError),
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
-}
-
-struct Vector {
-    gsi: u32,
-    evt: EventFd,
 }
 
 /// Binds a queue's kick eventfd to a guest-physical notify address (a KVM ioeventfd in the
@@ -88,12 +83,9 @@ pub trait NotifyRegistrar: Send + Sync {
 pub struct VirtioPci {
     cfg: PciConfig,
     core: VirtioCore,
-    msix: MsixTable,
-    msix_cap: usize,
+    msix: MsixVectors,
     /// VIRTIO_PCI_CAP_PCI_CFG capability offset (4.1.4.9).
     pci_cfg_cap: usize,
-    vectors: Vec<Vector>,
-    routes: Arc<dyn MsiRouteSink>,
     isr: u8,
     line: Option<Arc<dyn InterruptLine>>,
     line_level: bool,
@@ -159,22 +151,17 @@ impl VirtioPci {
         pci_cfg_wmask[2] = 0xFF;
         pci_cfg_wmask[6..18].fill(0xFF);
         let pci_cfg_cap = cfg.add_capability(CAP_ID_VENDOR, &pci_cfg, &pci_cfg_wmask)?;
-        let msix = MsixTable::new(nvec)?;
-        let mut body = msix.message_control().to_le_bytes().to_vec();
-        body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
-        body.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
-        let mut wmask = [0u8; 10];
-        wmask[1] = 0xC0; // Function Mask, MSI-X Enable.
-        let msix_cap = cfg.add_capability(CAP_ID_MSIX, &body, &wmask)?;
-
-        // Routes first, then irqfds (see MsiRouteSink for why).
-        let mut vectors = Vec::with_capacity(usize::from(nvec));
-        for _ in 0..nvec {
-            let gsi = routes.alloc_msi_gsi(MsiMessage::default())?;
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
-            routes.register_irqfd(gsi, &evt)?;
-            vectors.push(Vector { gsi, evt });
-        }
+        let msix = MsixVectors::new(
+            &mut cfg,
+            nvec,
+            MsixLayout {
+                bar: 0,
+                table_offset: MSIX_TABLE_OFFSET,
+                pba_offset: MSIX_PBA_OFFSET,
+            },
+            routes,
+            "virtio-pci",
+        )?;
         let mut kicks = Vec::with_capacity(nq);
         for _ in 0..nq {
             kicks.push(EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?);
@@ -183,10 +170,7 @@ impl VirtioPci {
             cfg,
             core,
             msix,
-            msix_cap,
             pci_cfg_cap,
-            vectors,
-            routes,
             isr: 0,
             line,
             line_level: false,
@@ -265,41 +249,15 @@ impl VirtioPci {
 
     /// The GSIs of the MSI-X vectors, in vector order.
     pub fn msix_gsis(&self) -> Vec<u32> {
-        self.vectors.iter().map(|v| v.gsi).collect()
+        self.msix.gsis()
     }
 
-    fn apply_msix(&mut self, fx: MsixEffects) {
-        if !fx.is_empty() {
-            log::debug!("virtio-pci: MSI-X effects {fx:?}");
-        }
-        // Re-route before firing, so a pending vector reaches its new destination.
-        for k in fx.routes_changed {
-            let (Some(v), Some(msg)) = (self.vectors.get(usize::from(k)), self.msix.message(k))
-            else {
-                continue;
-            };
-            if let Err(e) = self.routes.set_msi_route(v.gsi, msg) {
-                log::error!(
-                    "virtio-pci: re-routing MSI-X vector {k} (GSI {}) failed: {e}",
-                    v.gsi
-                );
-            }
-        }
-        for (k, _) in fx.fire {
-            self.fire_vector(k);
-        }
-    }
-
-    fn fire_vector(&mut self, k: u16) {
-        if let Some(v) = self.vectors.get(usize::from(k)) {
-            if let Err(e) = v.evt.write(1) {
-                log::warn!("virtio-pci: irqfd write for vector {k} failed: {e}");
-            }
-            self.core
-                .stats
-                .interrupts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    /// Count `n` MSI-X messages sent.
+    fn count_fired(&self, n: usize) {
+        self.core
+            .stats
+            .interrupts
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drive INTA# from Interrupt Status and Interrupt Disable.
@@ -324,7 +282,7 @@ impl VirtioPci {
             let r = self.msix.raise(vector);
             log::debug!("virtio-pci: raise vector {vector}: {r:?}");
             match r {
-                MsixRaise::Fire(_) => self.fire_vector(vector),
+                MsixRaise::Fire(_) => self.count_fired(1),
                 MsixRaise::Pended => {
                     self.core
                         .stats
@@ -412,7 +370,7 @@ impl VirtioPci {
     }
 
     fn valid_vector(&self, v: u16) -> u16 {
-        if v == NO_VECTOR || usize::from(v) < self.vectors.len() {
+        if v == NO_VECTOR || v < self.msix.num_vectors() {
             v
         } else {
             // 4.1.5.1.2: a vector the device cannot use reads back NO_VECTOR.
@@ -536,14 +494,8 @@ impl PciDevice for VirtioPci {
                 }
             }
         }
-        let ctrl = self.msix_cap + 2;
-        if PciConfig::overlaps(offset, data.len(), ctrl, 2) {
-            let val = self.cfg.read_u16(ctrl);
-            log::debug!("virtio-pci: MSI-X message control <- {val:#x}");
-            let fx = self.msix.write_message_control(val);
-            self.cfg
-                .store(ctrl, &self.msix.message_control().to_le_bytes());
-            self.apply_msix(fx);
+        if let Some(fired) = self.msix.config_written(&mut self.cfg, offset, data.len()) {
+            self.count_fired(fired);
             if !self.msix.enabled() {
                 self.update_line();
             } else if self.line_level {
@@ -577,12 +529,7 @@ impl PciDevice for VirtioPci {
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE).contains(&o) => {
                 self.core.backend.read_config(o - DEVICE_CFG_OFFSET, data)
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
-                self.msix.table_read(o - MSIX_TABLE_OFFSET, data)
-            }
-            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + self.msix.pba_size()).contains(&o) => {
-                self.msix.pba_read(o - MSIX_PBA_OFFSET, data)
-            }
+            o if self.msix.bar_read(0, o, data) => {}
             _ => data.fill(0),
         }
     }
@@ -606,12 +553,9 @@ impl PciDevice for VirtioPci {
                     let _ = k.write(1);
                 }
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
-                let fx = self.msix.table_write(o - MSIX_TABLE_OFFSET, data);
-                self.apply_msix(fx);
-            }
-            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + self.msix.pba_size()).contains(&o) => {
-                self.msix.pba_write(o - MSIX_PBA_OFFSET, data)
+            o if self.msix.claims(0, o) => {
+                let fired = self.msix.bar_write(0, o, data).unwrap_or(0);
+                self.count_fired(fired);
             }
             _ => guest_warn!(
                 "virtio-pci: {}-byte write at BAR 0 offset {offset:#x} ignored",
@@ -628,36 +572,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records route operations; irqfds are the eventfds themselves.
-    #[derive(Default)]
-    struct FakeRoutes {
-        next: Mutex<u32>,
-        log: Mutex<Vec<String>>,
-        routes: Mutex<std::collections::BTreeMap<u32, MsiMessage>>,
-    }
-
-    impl MsiRouteSink for FakeRoutes {
-        fn alloc_msi_gsi(&self, msg: MsiMessage) -> Result<u32, IrqError> {
-            let mut n = self.next.lock().unwrap();
-            let gsi = 24 + *n;
-            *n += 1;
-            self.routes.lock().unwrap().insert(gsi, msg);
-            self.log.lock().unwrap().push(format!("alloc {gsi}"));
-            Ok(gsi)
-        }
-        fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
-            self.routes.lock().unwrap().insert(gsi, msg);
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("route {gsi} {:#x}", msg.data));
-            Ok(())
-        }
-        fn register_irqfd(&self, gsi: u32, _fd: &EventFd) -> Result<(), IrqError> {
-            self.log.lock().unwrap().push(format!("irqfd {gsi}"));
-            Ok(())
-        }
-    }
+    use crate::pci::config::CAP_ID_MSIX;
+    use crate::pci::msix::tests::FakeRoutes;
 
     #[derive(Default)]
     struct FakeLine {
@@ -708,7 +624,7 @@ mod tests {
     }
 
     fn enable_msix(d: &mut VirtioPci) {
-        let ctrl = d.msix_cap + 2;
+        let ctrl = d.msix.cap_offset() + 2;
         d.config_write(ctrl, &0x8000u16.to_le_bytes());
     }
 
@@ -853,7 +769,7 @@ mod tests {
         d.signal_queue(0);
         d.signal_queue(0);
         assert_eq!(
-            d.vectors[0].evt.read().unwrap(),
+            d.msix.eventfd(0).unwrap().read().unwrap(),
             2,
             "two signals coalesce into one read"
         );
@@ -869,14 +785,14 @@ mod tests {
         d.signal_queue(0);
         d.signal_queue(0);
         assert!(
-            d.vectors[0].evt.read().is_err(),
+            d.msix.eventfd(0).unwrap().read().is_err(),
             "nothing fired while masked"
         );
         let mut pba = [0u8; 8];
         d.bar_read(0, MSIX_PBA_OFFSET, &mut pba);
         assert_eq!(pba[0], 1);
         d.bar_write(0, MSIX_TABLE_OFFSET + 12, &0u32.to_le_bytes());
-        assert_eq!(d.vectors[0].evt.read().unwrap(), 1);
+        assert_eq!(d.msix.eventfd(0).unwrap().read().unwrap(), 1);
         d.bar_read(0, MSIX_PBA_OFFSET, &mut pba);
         assert_eq!(pba[0], 0);
     }
@@ -887,7 +803,7 @@ mod tests {
         enable_msix(&mut d);
         program_vector(&mut d, 0, 0x41, false);
         d.signal_queue(0);
-        assert!(d.vectors[0].evt.read().is_err());
+        assert!(d.msix.eventfd(0).unwrap().read().is_err());
     }
 
     #[test]

@@ -25,6 +25,10 @@ macro_rules! check {
     ($c:expr, $($t:tt)*) => { if !$c { fail!($($t)*); } };
 }
 
+/// MSI-X and INTx of the test PCI function (uses the macros above).
+#[path = "msix.rs"]
+pub(crate) mod msix;
+
 /// What a case needs to run.
 const LINES: u32 = 1 << 0; // can drive interrupt lines (testdev or pc-testdev)
 const TESTDEV: u32 = 1 << 1; // the irqvm test device itself
@@ -287,6 +291,7 @@ static TOUCHED_SOURCES: AtomicU32 = AtomicU32::new(1);
 fn reset() {
     arch::sti();
     ioapic::mask_all();
+    msix::quiesce();
     if testdev::lines_available() {
         let sources = TOUCHED_SOURCES.swap(1, Ordering::SeqCst);
         for i in 0..4 {
@@ -1389,6 +1394,17 @@ pub static CASES: &[Case] = &[
     Case { name: "pic_slave_cascade_needs_both_eois", needs: PIC | LINES, f: pic_slave_cascade_needs_both_eois },
     Case { name: "serial_thre_interrupt", needs: 0, f: serial_thre_interrupt },
     Case { name: "ioapic_storm_100k", needs: TESTDEV, f: ioapic_storm_100k },
+    Case { name: "msix_vector_per_entry", needs: TESTDEV | X2, f: msix::msix_vector_per_entry },
+    Case { name: "msix_masked_vector_sets_pending_bit", needs: TESTDEV, f: msix::msix_masked_vector_sets_pending_bit },
+    Case { name: "msix_unmask_fires_pending_exactly_once", needs: TESTDEV, f: msix::msix_unmask_fires_pending_exactly_once },
+    Case { name: "msix_function_mask_holds_all_vectors", needs: TESTDEV, f: msix::msix_function_mask_holds_all_vectors },
+    Case { name: "msix_raises_while_masked_deliver_once", needs: TESTDEV, f: msix::msix_raises_while_masked_deliver_once },
+    Case { name: "msix_disabled_function_does_not_deliver_msi", needs: TESTDEV, f: msix::msix_disabled_function_does_not_deliver_msi },
+    Case { name: "msix_retarget_vector_during_burst_accounts_every_event", needs: TESTDEV | SMP, f: msix::msix_retarget_vector_during_burst_accounts_every_event },
+    Case { name: "remap_msix_entry_at_runtime", needs: TESTDEV, f: msix::remap_msix_entry_at_runtime },
+    Case { name: "intx_disable_bit_gates_the_line", needs: TESTDEV, f: msix::intx_disable_bit_gates_the_line },
+    Case { name: "intx_status_bit_follows_the_device", needs: TESTDEV, f: msix::intx_status_bit_follows_the_device },
+    Case { name: "msix_garbage_table_writes_leave_vmm_up", needs: TESTDEV, f: msix::msix_garbage_table_writes_leave_vmm_up },
 ];
 
 fn missing(needs: u32) -> Option<&'static str> {
@@ -1416,6 +1432,12 @@ struct Tally {
 static X2_PASS: AtomicBool = AtomicBool::new(false);
 
 fn run_one(t: &mut Tally, i: usize, c: &Case) {
+    // `irqvm.only=PREFIX` on the command line runs only the cases named PREFIX... (debugging).
+    if let Some(p) = crate::cmdline_arg("irqvm.only") {
+        if !c.name.as_bytes().starts_with(p.as_bytes()) {
+            return;
+        }
+    }
     let suffix = if X2_PASS.load(Ordering::Relaxed) { "_x2apic" } else { "" };
     CURRENT.store(i, Ordering::SeqCst);
     let out = match missing(c.needs) {
