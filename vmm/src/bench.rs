@@ -53,6 +53,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 
 fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, VmmError> {
     let _ = std::fs::remove_file(log);
+    // The same scratch disks as `irqvm selftest`, for the virtio-blk paths.
+    let disks = testkernel::ScratchDisks::create()?;
     vm::run(VmConfig {
         kernel: kernel.to_path_buf(),
         initrd: None,
@@ -66,7 +68,7 @@ fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, Vm
         kvm_device: PathBuf::from("/dev/kvm"),
         irq_stats: false,
         inject_fault: None,
-        disks: Vec::new(),
+        disks: disks.specs.clone(),
         virtio_transport: Default::default(),
     })
 }

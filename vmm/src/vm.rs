@@ -479,6 +479,17 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::FW_CFG_PORT as u64,
         FwCfg::PORT_LEN,
     )?;
+    // PCI root bus and virtio devices (vmm/src/pci_setup.rs); before the test device,
+    // which describes the disks to the guest.
+    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
+        vm: &vm,
+        mem: &mem,
+        lines: lines.as_ref(),
+        routes: msi_routes,
+        disks: &cfg.disks,
+        transport: cfg.virtio_transport,
+    })?;
+    virtio.register(&mut pio, &mut mmio)?;
     let mut test_counts = None;
     if cfg.testdev {
         let dev = TestDevice::new(
@@ -494,7 +505,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 ncpus: cfg.vcpus,
             },
             Box::new(|line: &str| log::info!("testdev: {line}")),
-        );
+        )
+        .with_disks(virtio.test_disks());
         test_counts = Some(dev.counts());
         pio.insert(
             Arc::new(Mutex::new(dev)),
@@ -502,17 +514,6 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             layout::TESTDEV_PORT_SIZE as u64,
         )?;
     }
-
-    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
-    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
-        vm: &vm,
-        mem: &mem,
-        lines: lines.as_ref(),
-        routes: msi_routes,
-        disks: &cfg.disks,
-        transport: cfg.virtio_transport,
-    })?;
-    virtio.register(&mut pio, &mut mmio)?;
 
     // Kernel, initrd, command line, boot protocol data.
     let kernel_path = cfg.kernel.display().to_string();
