@@ -28,6 +28,8 @@ mod serial;
 mod smp;
 mod testdev;
 mod tsc;
+mod vblk_cases;
+mod virtio;
 
 use core::fmt::{self, Write};
 pub use fmtnum::{D, I, S, X};
