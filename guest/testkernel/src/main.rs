@@ -28,6 +28,7 @@ mod serial;
 mod smp;
 mod testdev;
 mod tsc;
+mod vblk_bench;
 mod vblk_cases;
 mod virtio;
 
