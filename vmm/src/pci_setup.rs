@@ -26,7 +26,7 @@ use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use devices::testdev::{TestDisk, TestDiskTransport};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
-use devices::virtio::pci::{VirtioPci, BAR_SIZE};
+use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
 use devices::virtio::worker::{Moderation, VirtioWorker};
 use devices::virtio::VirtioStats;
 use devices::{Bus, BusDevice, BusError};
@@ -35,6 +35,7 @@ use irqchip::{LineProvider, MsiRouteSink};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// First GSI for PCI INTx.
 pub const PCI_INTX_GSI_BASE: u32 = 16;
@@ -182,12 +183,29 @@ pub struct VirtioDevices {
 
 /// Inputs for [`VirtioDevices::setup`].
 pub struct SetupArgs<'a> {
-    pub vm: &'a VmFd,
+    pub vm: &'a Arc<VmFd>,
     pub mem: &'a GuestMemoryMmap,
     pub lines: &'a dyn LineProvider,
     pub routes: Arc<dyn MsiRouteSink>,
     pub disks: &'a [DiskSpec],
     pub transport: VirtioTransportArg,
+}
+
+/// Queue notify addresses as KVM ioeventfds (any written value kicks the queue).
+struct KvmNotify(Arc<VmFd>);
+
+impl NotifyRegistrar for KvmNotify {
+    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
@@ -278,7 +296,7 @@ impl VirtioDevices {
             // INTx is level-triggered and re-checked at each EOI: in kernel mode it rides
             // KVM's irqfd resampler (split mode handles EOIs itself).
             let line = a.lines.level_line(gsi, source)?;
-            let dev = VirtioPci::new(
+            let mut dev = VirtioPci::new(
                 Box::new(block),
                 a.mem.clone(),
                 bar.start(),
@@ -289,12 +307,8 @@ impl VirtioDevices {
                 what: "cloning queue eventfds",
                 source,
             })?;
-            for (q, k) in kicks.iter().enumerate() {
-                if let Some(addr) = dev.notify_address(q) {
-                    a.vm.register_ioevent(k, &IoEventAddress::Mmio(addr), NoDatamatch)
-                        .map_err(|source| PciSetupError::IoEvent { addr, source })?;
-                }
-            }
+            // Bound while BAR 0 decodes, and moved with it (see VirtioPci::attach_notify).
+            dev.attach_notify(Arc::new(KvmNotify(a.vm.clone())));
             let name = format!("virtio-blk{i} (pci 00:{slot:02x}.0, {})", d.path.display());
             self.stats.push((name, dev.stats()));
             self.test_disks.push((

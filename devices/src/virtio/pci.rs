@@ -18,8 +18,11 @@
 //! model; the ISR read clears the ISR and deasserts the line (4.1.4.5.1), and the command
 //! register's Interrupt Disable bit gates the pin while Interrupt Status still reflects it
 //! (PCI 3.0 6.2.2/6.2.3). Queue notifications arrive on the device thread through KVM
-//! ioeventfds on the notify addresses; a notify write that still reaches the VMM (e.g. after
-//! the guest moved the BAR) signals the same eventfd.
+//! ioeventfds on the notify addresses. Those follow BAR 0: they are registered (through a
+//! [`NotifyRegistrar`]) only while the BAR decodes (Memory Space enabled, PCI 3.0 6.2.2) and
+//! are moved when the guest reprograms the BAR (6.2.5.1), so a relocated BAR keeps the fast
+//! path. A notify write that still reaches the VMM (registration failed) signals the same
+//! eventfd.
 
 use std::sync::Arc;
 
@@ -73,6 +76,13 @@ struct Vector {
     evt: EventFd,
 }
 
+/// Binds a queue's kick eventfd to a guest-physical notify address (a KVM ioeventfd in the
+/// VMM), and unbinds it when the address stops decoding.
+pub trait NotifyRegistrar: Send + Sync {
+    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
+    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
+}
+
 /// A virtio device on PCI. Shared (`Arc<Mutex<_>>`) by the PCI bus (vCPU threads) and the
 /// device thread.
 pub struct VirtioPci {
@@ -89,6 +99,9 @@ pub struct VirtioPci {
     line_level: bool,
     /// Per-queue kick eventfds (the ones registered as ioeventfds).
     kicks: Vec<EventFd>,
+    notify: Option<Arc<dyn NotifyRegistrar>>,
+    /// BAR 0 base the kick eventfds are registered at, if any.
+    notify_base: Option<u64>,
 }
 
 impl VirtioPci {
@@ -178,7 +191,56 @@ impl VirtioPci {
             line,
             line_level: false,
             kicks,
+            notify: None,
+            notify_base: None,
         })
+    }
+
+    /// Hand the queue notify addresses to `registrar`: the kick eventfds are bound now if
+    /// BAR 0 decodes, and re-bound whenever the guest moves it or toggles Memory Space.
+    pub fn attach_notify(&mut self, registrar: Arc<dyn NotifyRegistrar>) {
+        self.notify = Some(registrar);
+        self.sync_notify();
+    }
+
+    /// Where BAR 0 decodes now: its base while Memory Space is enabled.
+    fn decoded_base(&self) -> Option<u64> {
+        if !self.cfg.memory_enabled() {
+            return None;
+        }
+        self.cfg.bar(0).map(|(base, _, _)| base).filter(|&b| b != 0)
+    }
+
+    /// Move the kick eventfds to where BAR 0 decodes now (PCI 3.0 6.2.5.1: software may
+    /// relocate a BAR at any time while decoding is off, and turns decoding back on after).
+    fn sync_notify(&mut self) {
+        let Some(reg) = self.notify.clone() else {
+            return;
+        };
+        let want = self.decoded_base();
+        if want == self.notify_base {
+            return;
+        }
+        let stride = u64::from(NOTIFY_MULTIPLIER);
+        if let Some(old) = self.notify_base.take() {
+            for (q, k) in self.kicks.iter().enumerate() {
+                let addr = old + NOTIFY_OFFSET + q as u64 * stride;
+                if let Err(e) = reg.unregister(k, addr) {
+                    log::error!("virtio-pci: unbinding queue {q} notify at {addr:#x}: {e}");
+                }
+            }
+        }
+        if let Some(base) = want {
+            for (q, k) in self.kicks.iter().enumerate() {
+                let addr = base + NOTIFY_OFFSET + q as u64 * stride;
+                if let Err(e) = reg.register(k, addr) {
+                    // The notify write still reaches bar_write, which kicks the same
+                    // eventfd: slower, not lost.
+                    log::error!("virtio-pci: binding queue {q} notify at {addr:#x}: {e}");
+                }
+            }
+            self.notify_base = Some(base);
+        }
     }
 
     /// The kick eventfd of each queue (register each as an ioeventfd on
@@ -495,6 +557,7 @@ impl PciDevice for VirtioPci {
         if PciConfig::overlaps(offset, data.len(), COMMAND, 2) && !self.msix.enabled() {
             self.update_line();
         }
+        self.sync_notify();
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -655,6 +718,74 @@ mod tests {
         d.bar_write(0, base + 4, &0u32.to_le_bytes());
         d.bar_write(0, base + 8, &data.to_le_bytes());
         d.bar_write(0, base + 12, &u32::from(masked).to_le_bytes());
+    }
+
+    /// Records which (eventfd raw fd, address) pairs are bound.
+    #[derive(Default)]
+    struct FakeNotify {
+        bound: Mutex<Vec<u64>>,
+    }
+    impl NotifyRegistrar for FakeNotify {
+        fn register(&self, _fd: &EventFd, addr: u64) -> std::io::Result<()> {
+            let mut b = self.bound.lock().unwrap();
+            assert!(!b.contains(&addr), "{addr:#x} bound twice");
+            b.push(addr);
+            Ok(())
+        }
+        fn unregister(&self, _fd: &EventFd, addr: u64) -> std::io::Result<()> {
+            let mut b = self.bound.lock().unwrap();
+            let i = b
+                .iter()
+                .position(|&a| a == addr)
+                .expect("unbinding an unbound address");
+            b.remove(i);
+            Ok(())
+        }
+    }
+
+    fn set_memory_space(d: &mut VirtioPci, on: bool) {
+        d.config_write(COMMAND, &[if on { 0x06 } else { 0x04 }, 0]);
+    }
+
+    #[test]
+    fn notify_eventfds_bind_only_while_the_bar_decodes() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        assert!(
+            n.bound.lock().unwrap().is_empty(),
+            "Memory Space is off at reset"
+        );
+        set_memory_space(&mut d, true);
+        assert_eq!(*n.bound.lock().unwrap(), vec![BAR + NOTIFY_OFFSET]);
+        set_memory_space(&mut d, false);
+        assert!(n.bound.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn notify_eventfds_follow_a_relocated_bar() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        set_memory_space(&mut d, true);
+        // The guest's BAR sizing/relocation sequence: decoding off, write the BAR, back on.
+        set_memory_space(&mut d, false);
+        let moved = BAR + 0x10_0000;
+        d.config_write(config::BAR0, &(moved as u32).to_le_bytes());
+        set_memory_space(&mut d, true);
+        assert_eq!(*n.bound.lock().unwrap(), vec![moved + NOTIFY_OFFSET]);
+        assert_eq!(d.notify_address(0), Some(moved + NOTIFY_OFFSET));
+    }
+
+    #[test]
+    fn notify_eventfds_move_when_the_bar_is_rewritten_while_decoding() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        set_memory_space(&mut d, true);
+        let moved = BAR + 0x20_0000;
+        d.config_write(config::BAR0, &(moved as u32).to_le_bytes());
+        assert_eq!(*n.bound.lock().unwrap(), vec![moved + NOTIFY_OFFSET]);
     }
 
     #[test]

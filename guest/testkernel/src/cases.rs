@@ -1309,9 +1309,49 @@ fn hostile_garbage_then_edge_still_works() -> Outcome {
     Outcome::Pass
 }
 
+/// PCIe 3.0 7.2.2 / PCI Firmware 3.0 4.1.2: the ECAM window the ACPI MCFG table describes
+/// reaches the same configuration space as mechanism #1 (0xCF8/0xCFC), for reads and writes,
+/// and an empty slot reads all-ones through both.
+fn pci_ecam_from_mcfg_matches_config_mechanism_1() -> Outcome {
+    let Some(base) = crate::pci::ecam_base() else {
+        skip!("no ACPI MCFG table (no PCI bus on this machine)");
+    };
+    let mut functions = 0;
+    let mut empty_checked = false;
+    for dev in 0..32u8 {
+        let f = crate::pci::Func { dev, func: 0 };
+        let id = f.read32(0);
+        check!(f.ecam_read32(base, 0) == id, "00:{}.0 id: CF8 {} ECAM {}", X(dev as u64),
+               X(id as u64), X(f.ecam_read32(base, 0) as u64));
+        if id == 0xFFFF_FFFF {
+            empty_checked = true;
+            continue;
+        }
+        functions += 1;
+        for off in (0..0x100u16).step_by(4) {
+            let (a, b) = (f.read32(off as u8), f.ecam_read32(base, off));
+            check!(a == b, "00:{}.0 dword {}: CF8 {} ECAM {}", X(dev as u64), X(off as u64),
+                   X(a as u64), X(b as u64));
+        }
+        // Interrupt Line (0x3C) is a read-write scratch byte for software (PCI 3.0 6.2.4):
+        // a write through ECAM is seen through CF8.
+        let old = f.read32(crate::pci::INTERRUPT_LINE);
+        let a = base | (dev as u64) << 15 | 0x3C;
+        unsafe { core::ptr::write_volatile(a as *mut u8, 0x5A) };
+        let seen = f.read8(crate::pci::INTERRUPT_LINE);
+        f.write32(crate::pci::INTERRUPT_LINE, old);
+        check!(seen == 0x5A, "00:{}.0 Interrupt Line written via ECAM reads {} via CF8",
+               X(dev as u64), X(seen as u64));
+    }
+    check!(functions >= 1, "MCFG present but no function on bus 0 (not even the host bridge)");
+    check!(empty_checked, "no empty slot to check all-ones reads");
+    Outcome::Pass
+}
+
 // ---------------------------------------------------------------------------------------
 
 pub static CASES: &[Case] = &[
+    Case { name: "pci_ecam_from_mcfg_matches_config_mechanism_1", needs: 0, f: pci_ecam_from_mcfg_matches_config_mechanism_1 },
     Case { name: "lapic_self_ipi", needs: X2, f: lapic_self_ipi },
     Case { name: "cpu_cli_holds_interrupts_until_sti", needs: 0, f: cpu_cli_holds_interrupts_until_sti },
     Case { name: "cpu_cli_holds_ioapic_interrupt_until_sti", needs: LINES, f: cpu_cli_holds_ioapic_interrupt_until_sti },
