@@ -189,7 +189,7 @@ pub fn open(kind: Kind, event_idx: bool) -> Result<Rig, Outcome> {
             m.set_enable(false, false);
             f.set_command(f.command() & !pci::CMD_INTX_DISABLE);
             // Slot d's INTA# is GSI 16 + ((d - 1) / 2) % 4 (vmm/src/pci_setup.rs, MP table/_PRT).
-            let gsi = 16 + ((disk.loc - 1) / 2) % 4;
+            let gsi = 16 + (disk.loc.saturating_sub(1) / 2) % 4;
             unsafe { *ACTIVE.0.get() = Some(t) };
             desc::set_handler(V_INTX, Some(h_ack));
             let dev = Dev::init(t, Setup { event_idx, vector: NO_VECTOR }).map_err(|e| msg(format_args!("{}", S(e))))?;
