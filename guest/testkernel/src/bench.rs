@@ -18,10 +18,11 @@ pub(crate) const N: usize = 10_000;
 const V: u8 = 0x70;
 /// The 8259A's ICW2 only sets vector bits 7:3, so IRQ 3 with base 0x70 arrives at 0x73.
 const V_PIC: u8 = 0x73;
-/// Pin for the IOAPIC paths: 16 under irqvm, ISA line 10 with QEMU's pc-testdev.
+/// Pin for the IOAPIC paths: the first line pin the cases use under irqvm (a GSI no virtio
+/// disk shares, see `cases::init_pins`), ISA line 10 with QEMU's pc-testdev.
 fn gsi() -> u32 {
     if testdev::present() {
-        16
+        crate::cases::pin(0)
     } else {
         10
     }
@@ -169,6 +170,7 @@ fn prime_pulse(gsi: u32) {
 
 pub fn run() -> u32 {
     let mut t = Tally { done: 0, skipped: 0 };
+    crate::cases::init_pins();
     println!(
         "INFO bench: {} samples per path, TSC {} kHz{}",
         D(N as u64),

@@ -158,14 +158,47 @@ const V_STORM: u8 = 0x61;
 const PIC_MASTER: u8 = 0x30;
 const PIC_SLAVE: u8 = 0x38;
 
-/// Interrupt pins the cases use: 16..23 under irqvm (no PIC behind them); under QEMU's
-/// pc-testdev only ISA lines exist, so four free ones.
-fn pin(i: usize) -> u32 {
+/// Interrupt pins the cases use: four of GSIs 16..23 under irqvm (no PIC behind them),
+/// chosen by `init_pins`; under QEMU's pc-testdev only ISA lines exist, so four free ones.
+pub(crate) fn pin(i: usize) -> u32 {
     if testdev::present() {
-        16 + i as u32
+        PINS[i % 4].load(Ordering::Relaxed)
     } else {
         [10, 11, 14, 15][i % 4]
     }
+}
+
+static PINS: [AtomicU32; 4] = [AtomicU32::new(16), AtomicU32::new(17), AtomicU32::new(18), AtomicU32::new(19)];
+
+/// Pick the first four GSIs of 16..23 that no virtio disk uses (DISK_INFO): a disk's INTx
+/// or virtio-mmio line on the same GSI would share it, and in kernel irqchip mode the
+/// disk's irqfd resampler adds an EOI exit to every interrupt on that pin. Falls back to
+/// 16..19 if fewer than four are free.
+pub fn init_pins() {
+    if !testdev::present() {
+        return;
+    }
+    let used = crate::vblk_cases::disk_gsis();
+    let mut n = 0;
+    for g in 16..24u32 {
+        if n < 4 && used & (1 << g) == 0 {
+            PINS[n].store(g, Ordering::Relaxed);
+            n += 1;
+        }
+    }
+    if n < 4 {
+        for (i, p) in PINS.iter().enumerate() {
+            p.store(16 + i as u32, Ordering::Relaxed);
+        }
+    }
+    println!(
+        "INFO line pins {} {} {} {} (disk GSIs {})",
+        D(pin(0) as u64),
+        D(pin(1) as u64),
+        D(pin(2) as u64),
+        D(pin(3) as u64),
+        X(used as u64)
+    );
 }
 
 pub(crate) fn bsp_id() -> u32 {
@@ -1485,6 +1518,7 @@ pub fn enter_x2apic() -> bool {
 }
 
 pub fn run_all() -> u32 {
+    init_pins();
     if pic::present() {
         BOOT_ELCR.store(pic::elcr() as u32, Ordering::SeqCst);
         println!("INFO ELCR at boot {}", X(pic::elcr() as u64));

@@ -100,6 +100,31 @@ pub fn find_disk(kind: Kind) -> Option<Disk> {
     None
 }
 
+/// Bit mask of the GSIs the attached disks interrupt on (PCI slot d: INTx GSI
+/// 16 + ((d - 1) / 2) % 4; virtio-mmio i: GSI 20 + i).
+pub fn disk_gsis() -> u32 {
+    let mut m = 0u32;
+    if !testdev::present() {
+        return 0;
+    }
+    for n in 0..16 {
+        let info = testdev::command(DISK_INFO, [n, 0, 0, 0]);
+        if info == testdev::ERROR {
+            break;
+        }
+        let loc = (info >> 8) & 0xFF;
+        let gsi = match info & 0xFF {
+            1 => 16 + (loc.saturating_sub(1) / 2) % 4,
+            2 => 20 + loc,
+            _ => continue,
+        };
+        if gsi < 32 {
+            m |= 1 << gsi;
+        }
+    }
+    m
+}
+
 /// One of the device's counters (VIRTIO_STATS).
 pub fn stat(d: &Disk, which: u32) -> u32 {
     testdev::command(VIRTIO_STATS, [d.n, which, 0, 0])
