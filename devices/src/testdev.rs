@@ -17,6 +17,7 @@ use irqchip::msix::MsixRaise;
 use irqchip::{LineProvider, MsiMessage, MsiSender};
 
 use crate::pci::testfn::TestPciFunction;
+use crate::virtio::VirtioStats;
 use crate::{BusDevice, ExitSink, GuestExit};
 
 /// The test PCI function as the test device shares it with the PCI bus.
@@ -56,6 +57,10 @@ pub mod cmd {
     pub const MSIX_STATS: u32 = 11;
     pub const INTX_SET: u32 = 12;
     pub const MSIX_BURST_STATUS: u32 = 13;
+    /// Virtio disk commands start at 32 (MSI-X commands use 10 and up).
+    pub const DISK_INFO: u32 = 32;
+    pub const DISK_MODERATION: u32 = 33;
+    pub const VIRTIO_STATS: u32 = 34;
 }
 
 /// MSIX_RAISE results (docs/testdev.md).
@@ -73,6 +78,53 @@ pub mod msix_stat {
     pub const MERGED: u32 = 3;
     pub const DROPPED: u32 = 4;
     pub const REFUSED: u32 = 5;
+}
+
+/// Where a virtio disk is attached, as DISK_INFO reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDiskTransport {
+    /// virtio-pci on bus 0, device number `slot`.
+    Pci { slot: u8 },
+    /// virtio-mmio device number `index` (`VIRTIO_MMIO_START + index * 4 KiB`).
+    Mmio { index: u8 },
+}
+
+/// A virtio disk the guest can ask about (DISK_INFO, DISK_MODERATION, VIRTIO_STATS).
+#[derive(Debug, Clone)]
+pub struct TestDisk {
+    pub transport: TestDiskTransport,
+    pub moderation_usecs: u32,
+    pub moderation_max_frames: u32,
+    /// The device's own counters (shared with the device).
+    pub stats: Arc<VirtioStats>,
+}
+
+impl TestDisk {
+    /// DISK_INFO's RESULT: bits 7:0 transport (1 = PCI, 2 = MMIO), bits 15:8 PCI device
+    /// number or virtio-mmio index, bit 16 interrupt moderation on.
+    fn info(&self) -> u32 {
+        let (t, loc) = match self.transport {
+            TestDiskTransport::Pci { slot } => (1, slot),
+            TestDiskTransport::Mmio { index } => (2, index),
+        };
+        t | u32::from(loc) << 8 | u32::from(self.moderation_usecs > 0) << 16
+    }
+
+    /// VIRTIO_STATS counter `which` (docs/testdev.md), saturated to 32 bits.
+    fn counter(&self, which: u32) -> Option<u32> {
+        let s = &self.stats;
+        let c = match which {
+            0 => &s.kicks,
+            1 => &s.completions,
+            2 => &s.notifications_needed,
+            3 => &s.interrupts,
+            4 => &s.suppressed,
+            5 => &s.moderated,
+            6 => &s.bad_chains,
+            _ => return None,
+        };
+        Some(u32::try_from(c.load(Ordering::Relaxed)).unwrap_or(u32::MAX))
+    }
 }
 
 /// Longest BURST a guest may ask for, and the longest gap between its pulses. Bounds keep a
@@ -248,6 +300,7 @@ pub struct TestDevice {
     burst: Option<Burst>,
     pci: Option<SharedTestFn>,
     msix_burst: Option<Burst>,
+    disks: Vec<TestDisk>,
 }
 
 impl TestDevice {
@@ -271,6 +324,7 @@ impl TestDevice {
             burst: None,
             pci: None,
             msix_burst: None,
+            disks: Vec::new(),
         }
     }
 
@@ -278,6 +332,19 @@ impl TestDevice {
     pub fn with_pci_function(mut self, f: SharedTestFn) -> Self {
         self.pci = Some(f);
         self
+    }
+
+    /// The virtio disks DISK_INFO and VIRTIO_STATS describe, in `--disk` order.
+    pub fn with_disks(mut self, disks: Vec<TestDisk>) -> Self {
+        self.disks = disks;
+        self
+    }
+
+    fn disk(&self, n: u32) -> Result<&TestDisk, String> {
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| self.disks.get(i))
+            .ok_or_else(|| format!("no virtio disk {n} ({} attached)", self.disks.len()))
     }
 
     /// The PASS/FAIL/SKIP/XFAIL counts parsed so far (shared; stays valid after the device
@@ -406,6 +473,21 @@ impl TestDevice {
                 Ok(0)
             }
             cmd::BURST_STATUS => Ok(self.burst.as_ref().map_or(0, Burst::remaining)),
+            cmd::DISK_INFO => Ok(self.disk(a0)?.info()),
+            cmd::DISK_MODERATION => {
+                let d = self.disk(a0)?;
+                match a1 {
+                    0 => Ok(d.moderation_usecs),
+                    1 => Ok(d.moderation_max_frames),
+                    _ => Err(format!(
+                        "DISK_MODERATION field {a1} is not 0 (usecs) or 1 (max frames)"
+                    )),
+                }
+            }
+            cmd::VIRTIO_STATS => self
+                .disk(a0)?
+                .counter(a1)
+                .ok_or_else(|| format!("VIRTIO_STATS counter {a1} is not 0..=6")),
             _ => Err(format!("unknown command {command}")),
         }
     }
@@ -812,6 +894,73 @@ mod tests {
             command(&mut r.dev, cmd::MSI_SIGNAL, [0x1000, 1, 0x41, 0]),
             RESULT_ERROR
         );
+    }
+
+    fn disks() -> Vec<TestDisk> {
+        let pci = TestDisk {
+            transport: TestDiskTransport::Pci { slot: 3 },
+            moderation_usecs: 0,
+            moderation_max_frames: 0,
+            stats: Arc::new(VirtioStats::default()),
+        };
+        let mmio = TestDisk {
+            transport: TestDiskTransport::Mmio { index: 1 },
+            moderation_usecs: 500,
+            moderation_max_frames: 4,
+            stats: Arc::new(VirtioStats::default()),
+        };
+        vec![pci, mmio]
+    }
+
+    #[test]
+    fn disk_info_reports_transport_location_and_moderation() {
+        let mut dev = rig().dev.with_disks(disks());
+        assert_eq!(command(&mut dev, cmd::DISK_INFO, [0, 0, 0, 0]), 0x0301);
+        assert_eq!(command(&mut dev, cmd::DISK_INFO, [1, 0, 0, 0]), 0x1_0102);
+        assert_eq!(command(&mut dev, cmd::DISK_MODERATION, [1, 0, 0, 0]), 500);
+        assert_eq!(command(&mut dev, cmd::DISK_MODERATION, [1, 1, 0, 0]), 4);
+    }
+
+    #[test]
+    fn disk_commands_for_a_missing_disk_or_field_return_error() {
+        let mut dev = rig().dev.with_disks(disks());
+        assert_eq!(
+            command(&mut dev, cmd::DISK_INFO, [2, 0, 0, 0]),
+            RESULT_ERROR
+        );
+        assert_eq!(
+            command(&mut dev, cmd::DISK_INFO, [u32::MAX, 0, 0, 0]),
+            RESULT_ERROR
+        );
+        assert_eq!(
+            command(&mut dev, cmd::DISK_MODERATION, [0, 2, 0, 0]),
+            RESULT_ERROR
+        );
+        assert_eq!(
+            command(&mut dev, cmd::VIRTIO_STATS, [0, 7, 0, 0]),
+            RESULT_ERROR
+        );
+        assert_eq!(
+            command(&mut dev, cmd::VIRTIO_STATS, [9, 0, 0, 0]),
+            RESULT_ERROR
+        );
+    }
+
+    #[test]
+    fn virtio_stats_reads_the_device_counters() {
+        let d = disks();
+        d[0].stats.interrupts.store(7, Ordering::Relaxed);
+        d[0].stats.suppressed.store(3, Ordering::Relaxed);
+        d[0].stats.completions.store(u64::MAX, Ordering::Relaxed);
+        let mut dev = rig().dev.with_disks(d);
+        assert_eq!(command(&mut dev, cmd::VIRTIO_STATS, [0, 3, 0, 0]), 7);
+        assert_eq!(command(&mut dev, cmd::VIRTIO_STATS, [0, 4, 0, 0]), 3);
+        assert_eq!(
+            command(&mut dev, cmd::VIRTIO_STATS, [0, 1, 0, 0]),
+            u32::MAX,
+            "saturates"
+        );
+        assert_eq!(command(&mut dev, cmd::VIRTIO_STATS, [1, 3, 0, 0]), 0);
     }
 
     #[test]

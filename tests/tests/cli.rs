@@ -140,3 +140,47 @@ fn tiny_guest_output_reaches_stdout_and_debug_exit_sets_status() {
     assert!(r.stdout.contains("hello from a tiny guest"), "{}", r.dump());
     assert_eq!(r.status, Some((3 << 1) | 1), "{}", r.dump());
 }
+
+#[test]
+fn disk_with_unknown_transport_is_refused() {
+    let g = tiny_guest("disktransport", "x", 0);
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--disk",
+            "path=/tmp/x.img,transport=usb",
+        ],
+        "transport=usb: use pci or mmio",
+    );
+}
+
+#[test]
+fn more_than_four_mmio_disks_are_refused_even_with_pci_default() {
+    let g = tiny_guest("diskmmio5", "x", 0);
+    let img = std::env::temp_dir().join(format!("irqvm-cli-mmio5-{}.img", std::process::id()));
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let disk = format!("path={},transport=mmio", img.display());
+    let mut args = vec!["run", "--kernel", g.to_str().unwrap()];
+    for _ in 0..5 {
+        args.extend(["--disk", disk.as_str()]);
+    }
+    assert_one_line_error(&args, "5 virtio-mmio devices requested");
+    let _ = std::fs::remove_file(&img);
+}
+
+#[test]
+fn missing_disk_file_is_named_for_a_per_disk_transport() {
+    let g = tiny_guest("diskmissing", "x", 0);
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--disk",
+            "path=/nonexistent/disk.img,transport=mmio",
+        ],
+        "/nonexistent/disk.img",
+    );
+}

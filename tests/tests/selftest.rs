@@ -59,6 +59,13 @@ fn assert_suite_passes(r: &Run) {
         );
     }
     assert_eq!(r.status, Some(0), "{}", r.dump());
+    // selftest attaches scratch disks: the virtio-blk cases must run, not skip.
+    let vblk: Vec<&str> = r.stdout.lines().filter(|l| l.contains(" vblk_")).collect();
+    assert!(vblk.len() >= 9, "virtio-blk cases missing:\n{}", r.dump());
+    assert!(
+        vblk.iter().all(|l| !l.starts_with("SKIP ")),
+        "virtio-blk cases skipped although selftest attaches disks: {vblk:#?}"
+    );
     for l in r
         .stdout
         .lines()

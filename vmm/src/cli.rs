@@ -172,11 +172,12 @@ pub struct RunArgs {
     pub testdev: bool,
 
     /// A virtio-blk disk backed by a raw file (repeatable):
-    /// path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M].
+    /// path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]
+    /// (transport defaults to --virtio-transport).
     #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_disk)]
     pub disk: Vec<crate::pci_setup::DiskSpec>,
 
-    /// Transport for virtio devices.
+    /// Transport for virtio devices without their own transport= option.
     #[arg(long, value_enum, default_value_t = crate::pci_setup::VirtioTransportArg::Pci)]
     pub virtio_transport: crate::pci_setup::VirtioTransportArg,
 }

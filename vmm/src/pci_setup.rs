@@ -28,6 +28,7 @@ use boot::mptable::{MpTable, MptableError, PciIntPin};
 use devices::pci::testfn::{TestPciFunction, TESTFN_BAR_SIZE};
 use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use devices::testdev::SharedTestFn;
+use devices::testdev::{TestDisk, TestDiskTransport};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
 use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
@@ -74,6 +75,8 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub readonly: bool,
     pub moderation: Moderation,
+    /// `transport=pci|mmio`; `None` takes `--virtio-transport`.
+    pub transport: Option<VirtioTransportArg>,
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -89,23 +92,33 @@ fn number(key: &str, v: &str) -> Result<u32, String> {
         .map_err(|_| format!("{key}={v}: expected a whole number (0..=4294967295)"))
 }
 
-/// Parse `path=FILE[,readonly=on|off][,irq-usecs=N][,irq-max-frames=M]`.
+fn transport(key: &str, v: &str) -> Result<VirtioTransportArg, String> {
+    match v {
+        "pci" => Ok(VirtioTransportArg::Pci),
+        "mmio" => Ok(VirtioTransportArg::Mmio),
+        _ => Err(format!("{key}={v}: use pci or mmio")),
+    }
+}
+
+/// Parse `path=FILE[,readonly=on|off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]`.
 pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     let mut path = None;
     let mut readonly = false;
     let mut moderation = Moderation::default();
+    let mut transport_arg = None;
     for part in s.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
-            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M]")
+            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]")
         })?;
         match k {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "readonly" => readonly = on_off(k, v)?,
             "irq-usecs" => moderation.usecs = number(k, v)?,
             "irq-max-frames" => moderation.max_frames = number(k, v)?,
+            "transport" => transport_arg = Some(transport(k, v)?),
             _ => {
                 return Err(format!(
-                    "unknown or empty --disk option '{k}'; known: path, readonly, irq-usecs, irq-max-frames"
+                    "unknown or empty --disk option '{k}'; known: path, readonly, irq-usecs, irq-max-frames, transport"
                 ))
             }
         }
@@ -120,6 +133,7 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
         path,
         readonly,
         moderation,
+        transport: transport_arg,
     })
 }
 
@@ -140,7 +154,7 @@ pub enum PciSetupError {
     Pci(#[from] devices::pci::PciError),
     #[error("no room for a {size:#x}-byte BAR in the PCI MMIO window; attach fewer devices")]
     BarSpace { size: u64 },
-    #[error("{0} virtio-mmio devices requested; at most {MAX_VIRTIO_MMIO} are supported (use --virtio-transport pci for more)")]
+    #[error("{0} virtio-mmio devices requested; at most {MAX_VIRTIO_MMIO} are supported (put the others on PCI: transport=pci in --disk, or --virtio-transport pci)")]
     TooManyMmio(usize),
     #[error(transparent)]
     Irq(#[from] irqchip::IrqError),
@@ -171,6 +185,8 @@ pub struct VirtioDevices {
     intx: Vec<(u8, u8)>,
     stats: Vec<(String, Arc<VirtioStats>)>,
     testfn: Option<SharedTestFn>,
+    /// What the test device tells the guest about each disk, in `--disk` order.
+    test_disks: Vec<(usize, TestDisk)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
@@ -233,6 +249,7 @@ impl VirtioDevices {
             intx: Vec::new(),
             stats: Vec::new(),
             testfn: None,
+            test_disks: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -242,13 +259,19 @@ impl VirtioDevices {
     pub fn setup(a: SetupArgs<'_>) -> Result<Self, PciSetupError> {
         let mut out = Self::empty();
         let mut subscribers: Vec<Subscriber> = Vec::new();
-        let pci_disks = a.transport == VirtioTransportArg::Pci && !a.disks.is_empty();
-        if pci_disks || a.testdev {
-            out.setup_pci(&a, &mut subscribers)?;
+        // Each disk's own transport=, else --virtio-transport.
+        let (pci, mmio): (Vec<_>, Vec<_>) = a
+            .disks
+            .iter()
+            .enumerate()
+            .partition(|(_, d)| d.transport.unwrap_or(a.transport) == VirtioTransportArg::Pci);
+        if !pci.is_empty() || a.testdev {
+            out.setup_pci(&a, &pci, &mut subscribers)?;
         }
-        if a.transport == VirtioTransportArg::Mmio && !a.disks.is_empty() {
-            out.setup_mmio(&a, &mut subscribers)?;
+        if !mmio.is_empty() {
+            out.setup_mmio(&a, &mmio, &mut subscribers)?;
         }
+        out.test_disks.sort_by_key(|(i, _)| *i);
         if !subscribers.is_empty() {
             out.start(subscribers)?;
         }
@@ -260,9 +283,16 @@ impl VirtioDevices {
         self.testfn.clone()
     }
 
+    /// The disks as the test device describes them (DISK_INFO, VIRTIO_STATS), in `--disk`
+    /// order.
+    pub fn test_disks(&self) -> Vec<TestDisk> {
+        self.test_disks.iter().map(|(_, d)| d.clone()).collect()
+    }
+
     fn setup_pci(
         &mut self,
         a: &SetupArgs<'_>,
+        disks: &[(usize, &DiskSpec)],
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
         let mut root = PciRoot::new();
@@ -272,17 +302,13 @@ impl VirtioDevices {
         )
         .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
         let mut prt = Vec::new();
-        let pci_disks = match a.transport {
-            VirtioTransportArg::Pci => a.disks,
-            VirtioTransportArg::Mmio => &[],
-        };
-        for (i, d) in pci_disks.iter().enumerate() {
+        for (n, &(i, d)) in disks.iter().enumerate() {
             let block = open_block(d, i)?;
             let bar = alloc
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
                 .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
             // The slot this device will get: the root fills the lowest free one.
-            let slot = i + 1;
+            let slot = n + 1;
             let (gsi, source) = intx_route(slot);
             // INTx is level-triggered and re-checked at each EOI: in kernel mode it rides
             // KVM's irqfd resampler (split mode handles EOIs itself).
@@ -302,6 +328,15 @@ impl VirtioDevices {
             dev.attach_notify(Arc::new(KvmNotify(a.vm.clone())));
             let name = format!("virtio-blk{i} (pci 00:{slot:02x}.0, {})", d.path.display());
             self.stats.push((name, dev.stats()));
+            self.test_disks.push((
+                i,
+                TestDisk {
+                    transport: TestDiskTransport::Pci { slot: slot as u8 },
+                    moderation_usecs: d.moderation.usecs,
+                    moderation_max_frames: d.moderation.max_frames,
+                    stats: dev.stats(),
+                },
+            ));
             let dev = Arc::new(Mutex::new(dev));
             let got = root.add_device(dev.clone())?;
             debug_assert_eq!(got, slot);
@@ -369,15 +404,16 @@ impl VirtioDevices {
     fn setup_mmio(
         &mut self,
         a: &SetupArgs<'_>,
+        disks: &[(usize, &DiskSpec)],
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
-        if a.disks.len() > MAX_VIRTIO_MMIO {
-            return Err(PciSetupError::TooManyMmio(a.disks.len()));
+        if disks.len() > MAX_VIRTIO_MMIO {
+            return Err(PciSetupError::TooManyMmio(disks.len()));
         }
-        for (i, d) in a.disks.iter().enumerate() {
+        for (n, &(i, d)) in disks.iter().enumerate() {
             let block = open_block(d, i)?;
-            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-            let gsi = VIRTIO_MMIO_GSI_BASE + i as u32;
+            let base = layout::VIRTIO_MMIO_START + n as u64 * layout::VIRTIO_MMIO_SIZE;
+            let gsi = VIRTIO_MMIO_GSI_BASE + n as u32;
             let line = a.lines.line(gsi, 0)?;
             let dev = VirtioMmio::new(Box::new(block), a.mem.clone(), line).map_err(|source| {
                 PciSetupError::Io {
@@ -397,6 +433,15 @@ impl VirtioDevices {
             self.stats.push((
                 format!("virtio-blk{i} (mmio {base:#x}, {})", d.path.display()),
                 dev.stats(),
+            ));
+            self.test_disks.push((
+                i,
+                TestDisk {
+                    transport: TestDiskTransport::Mmio { index: n as u8 },
+                    moderation_usecs: d.moderation.usecs,
+                    moderation_max_frames: d.moderation.max_frames,
+                    stats: dev.stats(),
+                },
             ));
             let dev = Arc::new(Mutex::new(dev));
             self.mmio
@@ -516,6 +561,29 @@ mod tests {
                 max_frames: 8
             }
         );
+    }
+
+    #[test]
+    fn disk_transport_option_overrides_the_default_and_is_optional() {
+        assert_eq!(
+            parse_disk("path=a,transport=mmio").unwrap().transport,
+            Some(VirtioTransportArg::Mmio)
+        );
+        assert_eq!(
+            parse_disk("path=a,transport=pci").unwrap().transport,
+            Some(VirtioTransportArg::Pci)
+        );
+        assert_eq!(parse_disk("path=a").unwrap().transport, None);
+    }
+
+    #[test]
+    fn disk_transport_option_rejects_other_values() {
+        let e = parse_disk("path=a,transport=virtio").unwrap_err();
+        assert!(
+            e.contains("transport=virtio") && e.contains("pci or mmio"),
+            "{e}"
+        );
+        assert!(parse_disk("path=a,transport=").is_err());
     }
 
     #[test]

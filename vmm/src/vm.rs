@@ -479,7 +479,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::FW_CFG_PORT as u64,
         FwCfg::PORT_LEN,
     )?;
-    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
+    // PCI root bus and virtio devices (vmm/src/pci_setup.rs); before the test device,
+    // which describes the disks to the guest.
     let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
         vm: &vm,
         mem: &mem,
@@ -505,7 +506,8 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 ncpus: cfg.vcpus,
             },
             Box::new(|line: &str| log::info!("testdev: {line}")),
-        );
+        )
+        .with_disks(virtio.test_disks());
         let dev = match virtio.testdev_function() {
             Some(f) => dev.with_pci_function(f),
             None => dev,

@@ -28,6 +28,9 @@ mod serial;
 mod smp;
 mod testdev;
 mod tsc;
+mod vblk_bench;
+mod vblk_cases;
+mod virtio;
 
 use core::fmt::{self, Write};
 pub use fmtnum::{D, I, S, X};
