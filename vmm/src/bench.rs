@@ -67,6 +67,7 @@ fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, Vm
         irq_stats: false,
         inject_fault: None,
         disks: Vec::new(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     })
 }

@@ -44,6 +44,7 @@ pub fn run_embedded(
         irq_stats: false,
         inject_fault,
         disks: Vec::new(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     });
     let _ = std::fs::remove_file(&path);
