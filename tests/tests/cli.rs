@@ -140,3 +140,108 @@ fn tiny_guest_output_reaches_stdout_and_debug_exit_sets_status() {
     assert!(r.stdout.contains("hello from a tiny guest"), "{}", r.dump());
     assert_eq!(r.status, Some((3 << 1) | 1), "{}", r.dump());
 }
+
+#[test]
+fn bad_net_option_is_refused() {
+    assert_one_line_error(
+        &["run", "--kernel", "/x", "--net", "tap=t0,speed=10g"],
+        "unknown --net option 'speed'",
+    );
+    assert_one_line_error(
+        &["run", "--kernel", "/x", "--net", "mac=52:54:00:12:34:56"],
+        "tap=NAME",
+    );
+}
+
+#[test]
+fn bad_mac_is_refused() {
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--net",
+            "tap=t0,mac=52:54:00:12:34",
+        ],
+        "six hex octets",
+    );
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--net",
+            "tap=t0,mac=03:00:00:00:00:01",
+        ],
+        "multicast",
+    );
+}
+
+/// Attach to tap `name` the way irqvm does (TUNSETIFF, include/uapi/linux/if_tun.h), so a
+/// second user finds it busy. None when this host cannot make taps.
+fn hold_tap(name: &str) -> Option<std::fs::File> {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .ok()?;
+    #[repr(C)]
+    struct IfReq {
+        name: [u8; 16],
+        flags: i16,
+        _pad: [u8; 22],
+    }
+    let mut req = IfReq {
+        name: [0; 16],
+        flags: (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as i16,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a 40-byte struct ifreq, which `req` is.
+    let r = unsafe { libc::ioctl(f.as_raw_fd(), libc::TUNSETIFF as _, &mut req) };
+    (r == 0).then_some(f)
+}
+
+#[test]
+fn busy_tap_is_named_with_what_to_do() {
+    require_kvm();
+    let name = format!("irqvmbusy{}", std::process::id() % 100_000);
+    let Some(_held) = hold_tap(&name) else {
+        skip(
+            "busy_tap_is_named_with_what_to_do",
+            "cannot create a tap here (no /dev/net/tun or no CAP_NET_ADMIN)",
+        );
+        return;
+    };
+    let g = tiny_guest("busytap", "x", 0);
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            g.to_str().unwrap(),
+            "--net",
+            &format!("tap={name}"),
+        ],
+        &format!("tap {name} is in use by another process"),
+    );
+}
+
+#[test]
+fn too_many_mmio_devices_counts_nets_and_disks_together() {
+    require_kvm();
+    let g = tiny_guest("mmio5", "x", 0);
+    let mut args = vec![
+        "run".to_string(),
+        "--kernel".into(),
+        g.to_str().unwrap().into(),
+        "--virtio-transport".into(),
+        "mmio".into(),
+    ];
+    for i in 0..5 {
+        args.push("--net".into());
+        args.push(format!("tap=irqvmx{i}"));
+    }
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_one_line_error(&argv, "at most 4");
+}
