@@ -597,6 +597,30 @@ mod tests {
     }
 
     #[test]
+    fn received_frame_with_no_interrupt_flag_raises_no_interrupt() {
+        let mut r = rig();
+        testutil::set_avail_flags(&r.mem, 1);
+        post_rx(&r, 0, 2048);
+        host_send(&r, &frame(64, 0));
+        let q = r.core.input_ready(RX_QUEUE);
+        assert_eq!((q.completed, q.notify), (1, false));
+        assert_eq!(stat(&r, |s| &s.suppressed), 1);
+    }
+
+    #[test]
+    fn event_idx_interrupts_only_when_the_receive_used_event_is_crossed() {
+        let mut r = rig_with(F_VERSION_1 | F_RING_EVENT_IDX, true);
+        // used_event = 1: an interrupt after the second frame, not the first.
+        testutil::set_used_event(&r.mem, SIZE, 1);
+        post_rx(&r, 0, 2048);
+        host_send(&r, &frame(64, 0));
+        assert!(!r.core.input_ready(RX_QUEUE).notify);
+        post_rx(&r, 1, 2048);
+        host_send(&r, &frame(64, 1));
+        assert!(r.core.input_ready(RX_QUEUE).notify);
+    }
+
+    #[test]
     fn frame_without_a_receive_buffer_waits_and_is_delivered_after_the_refill_kick() {
         let mut r = rig();
         let f = frame(100, 3);
