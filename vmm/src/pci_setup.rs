@@ -12,6 +12,9 @@
 //! * virtio-mmio: device *i* at `VIRTIO_MMIO_START + i * 4 KiB`, edge-triggered GSI `20 + i`
 //!   (at most 4 devices).
 //! * Queue notifications are KVM ioeventfds; the device thread runs an event-manager loop.
+//! * `--testdev` adds the test PCI function (devices/src/pci/testfn.rs) in slot
+//!   [`TESTFN_SLOT`] (31): INTA# is then GSI 19, source 6 (no test-kernel case drives that
+//!   source through LINE_SET), 16 MSI-X vectors with GSIs from the routing table.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -22,12 +25,14 @@ use std::thread::JoinHandle;
 use boot::acpi::{AcpiConfig, PciHostConfig, PciRoute, VirtioMmioDevice};
 use boot::layout;
 use boot::mptable::{MpTable, MptableError, PciIntPin};
+use devices::pci::testfn::{TestPciFunction, TESTFN_BAR_SIZE};
 use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
 use devices::tap::{Tap, TapError};
+use devices::testdev::SharedTestFn;
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
 use devices::virtio::net::{default_mac, Net};
-use devices::virtio::pci::{VirtioPci, BAR_SIZE};
+use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
 use devices::virtio::worker::{Moderation, VirtioWorker};
 use devices::virtio::{VirtioBackend, VirtioStats};
 use devices::{Bus, BusDevice, BusError};
@@ -36,12 +41,15 @@ use irqchip::{LineProvider, MsiRouteSink};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// First GSI for PCI INTx.
 pub const PCI_INTX_GSI_BASE: u32 = 16;
 /// First GSI for virtio-mmio devices, and how many there can be.
 pub const VIRTIO_MMIO_GSI_BASE: u32 = 20;
 pub const MAX_VIRTIO_MMIO: usize = 4;
+/// PCI slot of the test device's function (`--testdev`).
+pub const TESTFN_SLOT: usize = 31;
 
 /// The GSI and wired-OR source of PCI slot `slot`'s INTA# (see the module documentation).
 pub fn intx_route(slot: usize) -> (u32, u8) {
@@ -208,6 +216,8 @@ pub enum PciSetupError {
     Tap(#[from] TapError),
     #[error("virtio-pci device: {0}")]
     VirtioPci(#[from] devices::virtio::pci::VirtioPciError),
+    #[error("test PCI function: {0}")]
+    TestFn(#[from] devices::pci::testfn::TestFnError),
     #[error("PCI bus: {0}")]
     Pci(#[from] devices::pci::PciError),
     #[error("no room for a {size:#x}-byte BAR in the PCI MMIO window; attach fewer devices")]
@@ -242,19 +252,39 @@ pub struct VirtioDevices {
     mmio_acpi: Vec<VirtioMmioDevice>,
     intx: Vec<(u8, u8)>,
     stats: Vec<(String, Arc<VirtioStats>)>,
+    testfn: Option<SharedTestFn>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Inputs for [`VirtioDevices::setup`].
 pub struct SetupArgs<'a> {
-    pub vm: &'a VmFd,
+    pub vm: &'a Arc<VmFd>,
     pub mem: &'a GuestMemoryMmap,
     pub lines: &'a dyn LineProvider,
     pub routes: Arc<dyn MsiRouteSink>,
     pub disks: &'a [DiskSpec],
     pub nets: &'a [NetSpec],
     pub transport: VirtioTransportArg,
+    /// Add the test device's PCI function (`--testdev`).
+    pub testdev: bool,
+}
+
+/// Queue notify addresses as KVM ioeventfds (any written value kicks the queue).
+struct KvmNotify(Arc<VmFd>);
+
+impl NotifyRegistrar for KvmNotify {
+    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
 }
 
 /// A device backend opened from the command line, waiting for its transport.
@@ -327,6 +357,7 @@ impl VirtioDevices {
             mmio_acpi: Vec::new(),
             intx: Vec::new(),
             stats: Vec::new(),
+            testfn: None,
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -335,9 +366,6 @@ impl VirtioDevices {
     /// Build the devices, register their ioeventfds, and start the device thread.
     pub fn setup(a: SetupArgs<'_>) -> Result<Self, PciSetupError> {
         let mut out = Self::empty();
-        if a.disks.is_empty() && a.nets.is_empty() {
-            return Ok(out);
-        }
         if a.transport == VirtioTransportArg::Mmio && a.disks.len() + a.nets.len() > MAX_VIRTIO_MMIO
         {
             return Err(PciSetupError::TooManyMmio(a.disks.len() + a.nets.len()));
@@ -345,11 +373,29 @@ impl VirtioDevices {
         let devs = open_all(&a)?;
         let mut subscribers: Vec<Subscriber> = Vec::new();
         match a.transport {
-            VirtioTransportArg::Pci => out.setup_pci(&a, devs, &mut subscribers)?,
-            VirtioTransportArg::Mmio => out.setup_mmio(&a, devs, &mut subscribers)?,
+            VirtioTransportArg::Pci => {
+                if !devs.is_empty() || a.testdev {
+                    out.setup_pci(&a, devs, &mut subscribers)?;
+                }
+            }
+            VirtioTransportArg::Mmio => {
+                if a.testdev {
+                    out.setup_pci(&a, Vec::new(), &mut subscribers)?;
+                }
+                if !devs.is_empty() {
+                    out.setup_mmio(&a, devs, &mut subscribers)?;
+                }
+            }
         }
-        out.start(subscribers)?;
+        if !subscribers.is_empty() {
+            out.start(subscribers)?;
+        }
         Ok(out)
+    }
+
+    /// The test PCI function, when `--testdev` asked for one.
+    pub fn testdev_function(&self) -> Option<SharedTestFn> {
+        self.testfn.clone()
     }
 
     fn setup_pci(
@@ -375,7 +421,7 @@ impl VirtioDevices {
             // INTx is level-triggered and re-checked at each EOI: in kernel mode it rides
             // KVM's irqfd resampler (split mode handles EOIs itself).
             let line = a.lines.level_line(gsi, source)?;
-            let dev = VirtioPci::new(
+            let mut dev = VirtioPci::new(
                 d.backend,
                 a.mem.clone(),
                 bar.start(),
@@ -386,12 +432,8 @@ impl VirtioDevices {
                 what: "cloning queue eventfds",
                 source,
             })?;
-            for (q, k) in kicks.iter().enumerate() {
-                if let Some(addr) = dev.notify_address(q) {
-                    a.vm.register_ioevent(k, &IoEventAddress::Mmio(addr), NoDatamatch)
-                        .map_err(|source| PciSetupError::IoEvent { addr, source })?;
-                }
-            }
+            // Bound while BAR 0 decodes, and moved with it (see VirtioPci::attach_notify).
+            dev.attach_notify(Arc::new(KvmNotify(a.vm.clone())));
             let name = format!("{} (pci 00:{slot:02x}.0, {})", d.label, d.backing);
             self.stats.push((name, dev.stats()));
             let dev = Arc::new(Mutex::new(dev));
@@ -410,6 +452,30 @@ impl VirtioDevices {
                 }
             })?;
             subscribers.push(Box::new(worker));
+        }
+        if a.testdev {
+            let bar = alloc
+                .allocate(TESTFN_BAR_SIZE, TESTFN_BAR_SIZE, AllocPolicy::FirstMatch)
+                .map_err(|_| PciSetupError::BarSpace {
+                    size: TESTFN_BAR_SIZE,
+                })?;
+            let (gsi, source) = intx_route(TESTFN_SLOT);
+            let line = a.lines.level_line(gsi, source)?;
+            let f = TestPciFunction::new(bar.start(), a.routes.clone(), Some((line, gsi as u8)))?;
+            log::info!(
+                "test PCI function at 00:{TESTFN_SLOT:02x}.0, BAR 0 {:#x}, INTA# GSI {gsi}, MSI-X GSIs {:?}",
+                bar.start(),
+                f.msix_gsis()
+            );
+            let f = Arc::new(Mutex::new(f));
+            root.add_device_at(TESTFN_SLOT, f.clone())?;
+            prt.push(PciRoute {
+                device: TESTFN_SLOT as u8,
+                pin: 0,
+                gsi,
+            });
+            self.intx.push((TESTFN_SLOT as u8, gsi as u8));
+            self.testfn = Some(f);
         }
         let root = Arc::new(root);
         self.pio.push((

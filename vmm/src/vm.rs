@@ -481,6 +481,18 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::FW_CFG_PORT as u64,
         FwCfg::PORT_LEN,
     )?;
+    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
+    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
+        vm: &vm,
+        mem: &mem,
+        lines: lines.as_ref(),
+        routes: msi_routes,
+        disks: &cfg.disks,
+        nets: &cfg.nets,
+        transport: cfg.virtio_transport,
+        testdev: cfg.testdev,
+    })?;
+    virtio.register(&mut pio, &mut mmio)?;
     let mut test_counts = None;
     if cfg.testdev {
         let dev = TestDevice::new(
@@ -497,6 +509,10 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             },
             Box::new(|line: &str| log::info!("testdev: {line}")),
         );
+        let dev = match virtio.testdev_function() {
+            Some(f) => dev.with_pci_function(f),
+            None => dev,
+        };
         test_counts = Some(dev.counts());
         pio.insert(
             Arc::new(Mutex::new(dev)),
@@ -504,18 +520,6 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             layout::TESTDEV_PORT_SIZE as u64,
         )?;
     }
-
-    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
-    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
-        vm: &vm,
-        mem: &mem,
-        lines: lines.as_ref(),
-        routes: msi_routes,
-        disks: &cfg.disks,
-        nets: &cfg.nets,
-        transport: cfg.virtio_transport,
-    })?;
-    virtio.register(&mut pio, &mut mmio)?;
 
     // Kernel, initrd, command line, boot protocol data.
     let kernel_path = cfg.kernel.display().to_string();

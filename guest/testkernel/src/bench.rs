@@ -238,6 +238,20 @@ pub fn run() -> u32 {
         skip(&mut t, "msi", "needs the irqvm test device");
     }
 
+    // MSI-X via irqfd: MSIX_RAISE of the test PCI function's entry 0 -> the VMM writes the
+    // vector's irqfd -> KVM injects -> handler.
+    match crate::cases::msix::prepare() {
+        Some(d) => {
+            d.m.set_enable(true, false);
+            d.m.program_fixed(0, bsp as u8, V, false);
+            testdev::command(testdev::MSIX_RAISE, [0, 0, 0, 0]);
+            wait_count(1);
+            run_path(&mut t, "msix_irqfd", false, || outl(testdev::PORT, testdev::MSIX_RAISE));
+            d.m.set_enable(false, true);
+        }
+        None => skip(&mut t, "msix_irqfd", "needs the irqvm test PCI function (--testdev)"),
+    }
+
     // 8259A: IRQ 3 edge through LINT0 ExtINT -> handler (PIC EOI in the handler).
     if testdev::lines_available() && pic::present() && !apic::is_x2apic() {
         pic::init(V_PIC & 0xf8, 0x78, false);

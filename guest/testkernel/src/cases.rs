@@ -25,6 +25,10 @@ macro_rules! check {
     ($c:expr, $($t:tt)*) => { if !$c { fail!($($t)*); } };
 }
 
+/// MSI-X and INTx of the test PCI function (uses the macros above).
+#[path = "msix.rs"]
+pub(crate) mod msix;
+
 /// What a case needs to run.
 const LINES: u32 = 1 << 0; // can drive interrupt lines (testdev or pc-testdev)
 const TESTDEV: u32 = 1 << 1; // the irqvm test device itself
@@ -287,6 +291,7 @@ static TOUCHED_SOURCES: AtomicU32 = AtomicU32::new(1);
 fn reset() {
     arch::sti();
     ioapic::mask_all();
+    msix::quiesce();
     if testdev::lines_available() {
         let sources = TOUCHED_SOURCES.swap(1, Ordering::SeqCst);
         for i in 0..4 {
@@ -1305,9 +1310,49 @@ fn hostile_garbage_then_edge_still_works() -> Outcome {
     Outcome::Pass
 }
 
+/// PCIe 3.0 7.2.2 / PCI Firmware 3.0 4.1.2: the ECAM window the ACPI MCFG table describes
+/// reaches the same configuration space as mechanism #1 (0xCF8/0xCFC), for reads and writes,
+/// and an empty slot reads all-ones through both.
+fn pci_ecam_from_mcfg_matches_config_mechanism_1() -> Outcome {
+    let Some(base) = crate::pci::ecam_base() else {
+        skip!("no ACPI MCFG table (no PCI bus on this machine)");
+    };
+    let mut functions = 0;
+    let mut empty_checked = false;
+    for dev in 0..32u8 {
+        let f = crate::pci::Func { dev, func: 0 };
+        let id = f.read32(0);
+        check!(f.ecam_read32(base, 0) == id, "00:{}.0 id: CF8 {} ECAM {}", X(dev as u64),
+               X(id as u64), X(f.ecam_read32(base, 0) as u64));
+        if id == 0xFFFF_FFFF {
+            empty_checked = true;
+            continue;
+        }
+        functions += 1;
+        for off in (0..0x100u16).step_by(4) {
+            let (a, b) = (f.read32(off as u8), f.ecam_read32(base, off));
+            check!(a == b, "00:{}.0 dword {}: CF8 {} ECAM {}", X(dev as u64), X(off as u64),
+                   X(a as u64), X(b as u64));
+        }
+        // Interrupt Line (0x3C) is a read-write scratch byte for software (PCI 3.0 6.2.4):
+        // a write through ECAM is seen through CF8.
+        let old = f.read32(crate::pci::INTERRUPT_LINE);
+        let a = base | (dev as u64) << 15 | 0x3C;
+        unsafe { core::ptr::write_volatile(a as *mut u8, 0x5A) };
+        let seen = f.read8(crate::pci::INTERRUPT_LINE);
+        f.write32(crate::pci::INTERRUPT_LINE, old);
+        check!(seen == 0x5A, "00:{}.0 Interrupt Line written via ECAM reads {} via CF8",
+               X(dev as u64), X(seen as u64));
+    }
+    check!(functions >= 1, "MCFG present but no function on bus 0 (not even the host bridge)");
+    check!(empty_checked, "no empty slot to check all-ones reads");
+    Outcome::Pass
+}
+
 // ---------------------------------------------------------------------------------------
 
 pub static CASES: &[Case] = &[
+    Case { name: "pci_ecam_from_mcfg_matches_config_mechanism_1", needs: 0, f: pci_ecam_from_mcfg_matches_config_mechanism_1 },
     Case { name: "lapic_self_ipi", needs: X2, f: lapic_self_ipi },
     Case { name: "cpu_cli_holds_interrupts_until_sti", needs: 0, f: cpu_cli_holds_interrupts_until_sti },
     Case { name: "cpu_cli_holds_ioapic_interrupt_until_sti", needs: LINES, f: cpu_cli_holds_ioapic_interrupt_until_sti },
@@ -1349,6 +1394,17 @@ pub static CASES: &[Case] = &[
     Case { name: "pic_slave_cascade_needs_both_eois", needs: PIC | LINES, f: pic_slave_cascade_needs_both_eois },
     Case { name: "serial_thre_interrupt", needs: 0, f: serial_thre_interrupt },
     Case { name: "ioapic_storm_100k", needs: TESTDEV, f: ioapic_storm_100k },
+    Case { name: "msix_vector_per_entry", needs: TESTDEV | X2, f: msix::msix_vector_per_entry },
+    Case { name: "msix_masked_vector_sets_pending_bit", needs: TESTDEV, f: msix::msix_masked_vector_sets_pending_bit },
+    Case { name: "msix_unmask_fires_pending_exactly_once", needs: TESTDEV, f: msix::msix_unmask_fires_pending_exactly_once },
+    Case { name: "msix_function_mask_holds_all_vectors", needs: TESTDEV, f: msix::msix_function_mask_holds_all_vectors },
+    Case { name: "msix_raises_while_masked_deliver_once", needs: TESTDEV, f: msix::msix_raises_while_masked_deliver_once },
+    Case { name: "msix_disabled_function_does_not_deliver_msi", needs: TESTDEV, f: msix::msix_disabled_function_does_not_deliver_msi },
+    Case { name: "msix_retarget_vector_during_burst_accounts_every_event", needs: TESTDEV | SMP, f: msix::msix_retarget_vector_during_burst_accounts_every_event },
+    Case { name: "remap_msix_entry_at_runtime", needs: TESTDEV, f: msix::remap_msix_entry_at_runtime },
+    Case { name: "intx_disable_bit_gates_the_line", needs: TESTDEV, f: msix::intx_disable_bit_gates_the_line },
+    Case { name: "intx_status_bit_follows_the_device", needs: TESTDEV, f: msix::intx_status_bit_follows_the_device },
+    Case { name: "msix_garbage_table_writes_leave_vmm_up", needs: TESTDEV, f: msix::msix_garbage_table_writes_leave_vmm_up },
 ];
 
 fn missing(needs: u32) -> Option<&'static str> {
@@ -1376,6 +1432,12 @@ struct Tally {
 static X2_PASS: AtomicBool = AtomicBool::new(false);
 
 fn run_one(t: &mut Tally, i: usize, c: &Case) {
+    // `irqvm.only=PREFIX` on the command line runs only the cases named PREFIX... (debugging).
+    if let Some(p) = crate::cmdline_arg("irqvm.only") {
+        if !c.name.as_bytes().starts_with(p.as_bytes()) {
+            return;
+        }
+    }
     let suffix = if X2_PASS.load(Ordering::Relaxed) { "_x2apic" } else { "" };
     CURRENT.store(i, Ordering::SeqCst);
     let out = match missing(c.needs) {
