@@ -59,7 +59,7 @@ pub enum TapError {
     OpenTun(#[source] std::io::Error),
     #[error("tap {0} is in use by another process (a tap without multi_queue takes one user); stop the other user or pick another tap")]
     Busy(String),
-    #[error("not allowed to attach tap {0}: it belongs to another user or group, or creating it needs CAP_NET_ADMIN; create it first (ip tuntap add dev {0} mode tap user $USER) or run irqvm as root")]
+    #[error("not allowed to attach tap {0}: it belongs to another user or group, or creating it needs CAP_NET_ADMIN; create it for this user first (ip tuntap add dev {0} mode tap user $USER), or run irqvm with CAP_NET_ADMIN (e.g. as root)")]
     Permission(String),
     #[error("{0} exists but is not a tap device (a tun device or another interface type?); pick another name or delete it (ip link del {0})")]
     NotTap(String),

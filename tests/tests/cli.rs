@@ -245,3 +245,49 @@ fn too_many_mmio_devices_counts_nets_and_disks_together() {
     let argv: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_one_line_error(&argv, "at most 4");
 }
+
+#[test]
+fn tap_without_permission_is_explained() {
+    // Root without CAP_NET_ADMIN can still open /dev/kvm and /dev/net/tun, but may neither
+    // create a tap nor attach one it does not own.
+    let Ok(setpriv) = which("setpriv") else {
+        skip(
+            "tap_without_permission_is_explained",
+            "no setpriv (util-linux)",
+        );
+        return;
+    };
+    let g = tiny_guest("tapperm", "x", 0);
+    let r = std::process::Command::new(setpriv)
+        .args(["--bounding-set", "-net_admin", "--inh-caps", "-net_admin"])
+        .arg(irqvm_bin())
+        .args(["run", "--kernel"])
+        .arg(&g)
+        .args(["--net", "tap=irqvmperm0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    if stderr.contains("does not exist") || stderr.contains("permission denied opening") {
+        skip(
+            "tap_without_permission_is_explained",
+            "this user cannot open /dev/net/tun at all",
+        );
+        return;
+    }
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("irqvm: error: --net: not allowed to attach tap irqvmperm0")
+            && stderr.contains("CAP_NET_ADMIN")
+            && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+}
+
+fn which(cmd: &str) -> Result<std::path::PathBuf, ()> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(cmd))
+        .find(|p| p.exists())
+        .ok_or(())
+}
