@@ -75,6 +75,7 @@ fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, Vm
         irq_stats: false,
         inject_fault: None,
         disks: disks.specs.clone(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     })
 }

@@ -27,13 +27,15 @@ use boot::layout;
 use boot::mptable::{MpTable, MptableError, PciIntPin};
 use devices::pci::testfn::{TestPciFunction, TESTFN_BAR_SIZE};
 use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+use devices::tap::{Tap, TapError};
 use devices::testdev::SharedTestFn;
 use devices::testdev::{TestDisk, TestDiskTransport};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
+use devices::virtio::net::{default_mac, Net};
 use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
 use devices::virtio::worker::{Moderation, VirtioWorker};
-use devices::virtio::VirtioStats;
+use devices::virtio::{VirtioBackend, VirtioStats};
 use devices::{Bus, BusDevice, BusError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use irqchip::{LineProvider, MsiRouteSink};
@@ -59,7 +61,7 @@ pub fn intx_route(slot: usize) -> (u32, u8) {
     (gsi, source)
 }
 
-/// Which virtio transport `--disk` devices use.
+/// Which virtio transport `--disk` and `--net` devices use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum VirtioTransportArg {
     /// virtio-pci (modern), MSI-X with INTx fallback.
@@ -137,6 +139,84 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     })
 }
 
+/// One `--net` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap to attach (created if missing and irqvm may).
+    pub tap: String,
+    /// The guest's MAC; default 52:54:00:12:34:(56 + index).
+    pub mac: Option<[u8; 6]>,
+    pub moderation: Moderation,
+}
+
+/// Parse a unicast MAC written as six colon-separated hex octets.
+fn parse_mac(v: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={v}: expected six hex octets like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac={v} is a multicast address (lowest bit of the first octet set); a NIC needs a unicast one, e.g. 52:54:00:12:34:56"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!("mac={v}: the all-zero address is not usable"));
+    }
+    Ok(mac)
+}
+
+/// Parse `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,irq-usecs=N][,irq-max-frames=M]`.
+pub fn parse_net(s: &str) -> Result<NetSpec, String> {
+    let mut tap = None;
+    let mut mac = None;
+    let mut moderation = Moderation::default();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("'{part}' in --net is not key=value; use tap=NAME[,mac=52:54:00:12:34:56][,irq-usecs=N][,irq-max-frames=M]")
+        })?;
+        match k {
+            "tap" => {
+                if !devices::tap::valid_name(v) {
+                    return Err(format!(
+                        "tap={v}: a tap name is 1 to {} bytes without '/', ':', whitespace",
+                        devices::tap::MAX_NAME_LEN
+                    ));
+                }
+                tap = Some(v.to_string());
+            }
+            "mac" => mac = Some(parse_mac(v)?),
+            "irq-usecs" => moderation.usecs = number(k, v)?,
+            "irq-max-frames" => moderation.max_frames = number(k, v)?,
+            _ => {
+                return Err(format!(
+                    "unknown --net option '{k}'; known: tap, mac, irq-usecs, irq-max-frames"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("--net needs tap=NAME")?;
+    if moderation.max_frames > 0 && moderation.usecs == 0 {
+        return Err(
+            "--net irq-max-frames needs irq-usecs=N (the longest an interrupt may wait)".into(),
+        );
+    }
+    Ok(NetSpec {
+        tap,
+        mac,
+        moderation,
+    })
+}
+
 /// Errors building the PCI bus and virtio devices.
 #[derive(Debug, thiserror::Error)]
 pub enum PciSetupError {
@@ -146,6 +226,8 @@ pub enum PciSetupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--net: {0}")]
+    Tap(#[from] TapError),
     #[error("virtio-pci device: {0}")]
     VirtioPci(#[from] devices::virtio::pci::VirtioPciError),
     #[error("test PCI function: {0}")]
@@ -154,7 +236,7 @@ pub enum PciSetupError {
     Pci(#[from] devices::pci::PciError),
     #[error("no room for a {size:#x}-byte BAR in the PCI MMIO window; attach fewer devices")]
     BarSpace { size: u64 },
-    #[error("{0} virtio-mmio devices requested; at most {MAX_VIRTIO_MMIO} are supported (put the others on PCI: transport=pci in --disk, or --virtio-transport pci)")]
+    #[error("{0} virtio-mmio devices requested (--disk and --net together); at most {MAX_VIRTIO_MMIO} are supported (put the others on PCI: transport=pci in --disk, or --virtio-transport pci)")]
     TooManyMmio(usize),
     #[error(transparent)]
     Irq(#[from] irqchip::IrqError),
@@ -198,6 +280,7 @@ pub struct SetupArgs<'a> {
     pub lines: &'a dyn LineProvider,
     pub routes: Arc<dyn MsiRouteSink>,
     pub disks: &'a [DiskSpec],
+    pub nets: &'a [NetSpec],
     pub transport: VirtioTransportArg,
     /// Add the test device's PCI function (`--testdev`).
     pub testdev: bool,
@@ -220,6 +303,55 @@ impl NotifyRegistrar for KvmNotify {
     }
 }
 
+/// A device backend opened from the command line, waiting for its transport.
+struct Opened {
+    backend: Box<dyn VirtioBackend>,
+    /// "virtio-blk0", "virtio-net1".
+    label: String,
+    /// What backs it (path, tap name), for the stats line.
+    backing: String,
+    moderation: Moderation,
+    transport: VirtioTransportArg,
+    /// Position in `--disk` order, for disks (the test device describes those).
+    disk: Option<usize>,
+}
+
+/// Open every `--disk` and `--net` backend (disks first, in command-line order).
+fn open_all(a: &SetupArgs<'_>) -> Result<Vec<Opened>, PciSetupError> {
+    let mut out = Vec::new();
+    for (i, d) in a.disks.iter().enumerate() {
+        out.push(Opened {
+            backend: Box::new(open_block(d, i)?),
+            label: format!("virtio-blk{i}"),
+            backing: d.path.display().to_string(),
+            moderation: d.moderation,
+            transport: d.transport.unwrap_or(a.transport),
+            disk: Some(i),
+        });
+    }
+    for (i, n) in a.nets.iter().enumerate() {
+        let tap = Tap::open(&n.tap)?;
+        let mac = n.mac.unwrap_or_else(|| default_mac(i));
+        log::info!(
+            "virtio-net{i}: tap {} mac {}",
+            n.tap,
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        out.push(Opened {
+            backend: Box::new(Net::new(Box::new(tap), mac)),
+            label: format!("virtio-net{i}"),
+            backing: format!("tap {}", n.tap),
+            moderation: n.moderation,
+            transport: a.transport,
+            disk: None,
+        });
+    }
+    Ok(out)
+}
+
 fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
     let path = d.path.display().to_string();
     let file = OpenOptions::new()
@@ -239,7 +371,7 @@ fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
 }
 
 impl VirtioDevices {
-    /// Nothing attached (no `--disk`).
+    /// Nothing attached (no `--disk` or `--net`).
     fn empty() -> Self {
         Self {
             pio: Vec::new(),
@@ -258,18 +390,20 @@ impl VirtioDevices {
     /// Build the devices, register their ioeventfds, and start the device thread.
     pub fn setup(a: SetupArgs<'_>) -> Result<Self, PciSetupError> {
         let mut out = Self::empty();
+        let devs = open_all(&a)?;
+        // Each device's own transport (a disk's transport=, else --virtio-transport).
+        let (pci, mmio): (Vec<_>, Vec<_>) = devs
+            .into_iter()
+            .partition(|d| d.transport == VirtioTransportArg::Pci);
+        if mmio.len() > MAX_VIRTIO_MMIO {
+            return Err(PciSetupError::TooManyMmio(mmio.len()));
+        }
         let mut subscribers: Vec<Subscriber> = Vec::new();
-        // Each disk's own transport=, else --virtio-transport.
-        let (pci, mmio): (Vec<_>, Vec<_>) = a
-            .disks
-            .iter()
-            .enumerate()
-            .partition(|(_, d)| d.transport.unwrap_or(a.transport) == VirtioTransportArg::Pci);
         if !pci.is_empty() || a.testdev {
-            out.setup_pci(&a, &pci, &mut subscribers)?;
+            out.setup_pci(&a, pci, &mut subscribers)?;
         }
         if !mmio.is_empty() {
-            out.setup_mmio(&a, &mmio, &mut subscribers)?;
+            out.setup_mmio(&a, mmio, &mut subscribers)?;
         }
         out.test_disks.sort_by_key(|(i, _)| *i);
         if !subscribers.is_empty() {
@@ -292,7 +426,7 @@ impl VirtioDevices {
     fn setup_pci(
         &mut self,
         a: &SetupArgs<'_>,
-        disks: &[(usize, &DiskSpec)],
+        devs: Vec<Opened>,
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
         let mut root = PciRoot::new();
@@ -302,8 +436,7 @@ impl VirtioDevices {
         )
         .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
         let mut prt = Vec::new();
-        for (n, &(i, d)) in disks.iter().enumerate() {
-            let block = open_block(d, i)?;
+        for (n, d) in devs.into_iter().enumerate() {
             let bar = alloc
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
                 .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
@@ -314,7 +447,7 @@ impl VirtioDevices {
             // KVM's irqfd resampler (split mode handles EOIs itself).
             let line = a.lines.level_line(gsi, source)?;
             let mut dev = VirtioPci::new(
-                Box::new(block),
+                d.backend,
                 a.mem.clone(),
                 bar.start(),
                 a.routes.clone(),
@@ -326,17 +459,19 @@ impl VirtioDevices {
             })?;
             // Bound while BAR 0 decodes, and moved with it (see VirtioPci::attach_notify).
             dev.attach_notify(Arc::new(KvmNotify(a.vm.clone())));
-            let name = format!("virtio-blk{i} (pci 00:{slot:02x}.0, {})", d.path.display());
+            let name = format!("{} (pci 00:{slot:02x}.0, {})", d.label, d.backing);
             self.stats.push((name, dev.stats()));
-            self.test_disks.push((
-                i,
-                TestDisk {
-                    transport: TestDiskTransport::Pci { slot: slot as u8 },
-                    moderation_usecs: d.moderation.usecs,
-                    moderation_max_frames: d.moderation.max_frames,
-                    stats: dev.stats(),
-                },
-            ));
+            if let Some(i) = d.disk {
+                self.test_disks.push((
+                    i,
+                    TestDisk {
+                        transport: TestDiskTransport::Pci { slot: slot as u8 },
+                        moderation_usecs: d.moderation.usecs,
+                        moderation_max_frames: d.moderation.max_frames,
+                        stats: dev.stats(),
+                    },
+                ));
+            }
             let dev = Arc::new(Mutex::new(dev));
             let got = root.add_device(dev.clone())?;
             debug_assert_eq!(got, slot);
@@ -404,18 +539,14 @@ impl VirtioDevices {
     fn setup_mmio(
         &mut self,
         a: &SetupArgs<'_>,
-        disks: &[(usize, &DiskSpec)],
+        devs: Vec<Opened>,
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
-        if disks.len() > MAX_VIRTIO_MMIO {
-            return Err(PciSetupError::TooManyMmio(disks.len()));
-        }
-        for (n, &(i, d)) in disks.iter().enumerate() {
-            let block = open_block(d, i)?;
+        for (n, d) in devs.into_iter().enumerate() {
             let base = layout::VIRTIO_MMIO_START + n as u64 * layout::VIRTIO_MMIO_SIZE;
             let gsi = VIRTIO_MMIO_GSI_BASE + n as u32;
             let line = a.lines.line(gsi, 0)?;
-            let dev = VirtioMmio::new(Box::new(block), a.mem.clone(), line).map_err(|source| {
+            let dev = VirtioMmio::new(d.backend, a.mem.clone(), line).map_err(|source| {
                 PciSetupError::Io {
                     what: "creating queue eventfds",
                     source,
@@ -431,18 +562,20 @@ impl VirtioDevices {
                     .map_err(|source| PciSetupError::IoEvent { addr, source })?;
             }
             self.stats.push((
-                format!("virtio-blk{i} (mmio {base:#x}, {})", d.path.display()),
+                format!("{} (mmio {base:#x}, {})", d.label, d.backing),
                 dev.stats(),
             ));
-            self.test_disks.push((
-                i,
-                TestDisk {
-                    transport: TestDiskTransport::Mmio { index: n as u8 },
-                    moderation_usecs: d.moderation.usecs,
-                    moderation_max_frames: d.moderation.max_frames,
-                    stats: dev.stats(),
-                },
-            ));
+            if let Some(i) = d.disk {
+                self.test_disks.push((
+                    i,
+                    TestDisk {
+                        transport: TestDiskTransport::Mmio { index: n as u8 },
+                        moderation_usecs: d.moderation.usecs,
+                        moderation_max_frames: d.moderation.max_frames,
+                        stats: dev.stats(),
+                    },
+                ));
+            }
             let dev = Arc::new(Mutex::new(dev));
             self.mmio
                 .push((dev.clone(), base, layout::VIRTIO_MMIO_SIZE));
@@ -584,6 +717,60 @@ mod tests {
             "{e}"
         );
         assert!(parse_disk("path=a,transport=").is_err());
+    }
+
+    #[test]
+    fn net_option_parses_tap_mac_and_moderation() {
+        let n = parse_net("tap=tap0,mac=52:54:00:AB:cd:01,irq-usecs=20,irq-max-frames=4").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xAB, 0xCD, 1]));
+        assert_eq!(
+            n.moderation,
+            Moderation {
+                usecs: 20,
+                max_frames: 4
+            }
+        );
+        assert_eq!(parse_net("tap=t").unwrap().mac, None);
+    }
+
+    #[test]
+    fn net_option_errors_name_the_problem() {
+        assert!(parse_net("mac=52:54:00:12:34:56")
+            .unwrap_err()
+            .contains("tap=NAME"));
+        assert!(parse_net("tap=").unwrap_err().contains("tap name"));
+        assert!(parse_net("tap=a-name-longer-than-15")
+            .unwrap_err()
+            .contains("tap name"));
+        assert!(parse_net("tap=t,speed=10").unwrap_err().contains("unknown"));
+        assert!(parse_net("tap0").unwrap_err().contains("key=value"));
+        assert!(parse_net("tap=t,irq-max-frames=2")
+            .unwrap_err()
+            .contains("irq-usecs"));
+    }
+
+    #[test]
+    fn mac_must_be_six_hex_octets_and_unicast() {
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:5g",
+            "52:54:00:12:34:567",
+            "",
+        ] {
+            assert!(
+                parse_mac(bad).unwrap_err().contains("six hex octets"),
+                "{bad}"
+            );
+        }
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_mac("00:00:00:00:00:00")
+            .unwrap_err()
+            .contains("all-zero"));
     }
 
     #[test]

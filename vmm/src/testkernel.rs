@@ -119,6 +119,7 @@ pub fn run_embedded(
         irq_stats: false,
         inject_fault,
         disks: disks.specs.clone(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     });
     let _ = std::fs::remove_file(&path);

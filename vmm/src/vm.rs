@@ -60,6 +60,8 @@ pub struct VmConfig {
     pub irq_stats: bool,
     /// virtio-blk disks (`--disk`) and their transport.
     pub disks: Vec<crate::pci_setup::DiskSpec>,
+    /// virtio-net NICs (`--net`).
+    pub nets: Vec<crate::pci_setup::NetSpec>,
     pub virtio_transport: crate::pci_setup::VirtioTransportArg,
     /// Break the userspace controller on purpose (testing the tests).
     pub inject_fault: Option<InjectFault>,
@@ -487,6 +489,7 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         lines: lines.as_ref(),
         routes: msi_routes,
         disks: &cfg.disks,
+        nets: &cfg.nets,
         transport: cfg.virtio_transport,
         testdev: cfg.testdev,
     })?;
