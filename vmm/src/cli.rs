@@ -172,7 +172,8 @@ pub struct RunArgs {
     pub testdev: bool,
 
     /// A virtio-blk disk backed by a raw file (repeatable):
-    /// path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M].
+    /// path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M]
+    /// (event-idx=off: do not offer VIRTIO_RING_F_EVENT_IDX).
     #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_disk)]
     pub disk: Vec<crate::pci_setup::DiskSpec>,
 
