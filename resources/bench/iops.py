@@ -2,14 +2,20 @@
 """virtio-blk 4 KiB random-read IOPS and interrupts per request inside a Linux guest,
 irqvm and QEMU side by side in one run.
 
-    python3 resources/bench/iops.py [--secs 5] [--depths 1,32] [--irqchips kernel,split]
-                                    [--usecs 1000 --max-frames 16] [--no-qemu] [--output DIR]
+    python3 resources/bench/iops.py [--secs 4] [--rounds 3] [--depths 1,32] [--irqchips kernel,split]
+                                    [--usecs 10000 --max-frames 8] [--repeat 1] [--no-qemu]
+                                    [--output DIR]
 
 The guest probe is guest/iops (`irqvm-iops`, a static Rust binary packed into
 $CACHE/bench/initramfs-iops.cpio by resources/bench/prepare-iops.sh, which this script runs):
 for each disk and each iodepth D it runs D threads of O_DIRECT 4 KiB preads at random
 offsets for --secs seconds and counts the disk's completion interrupts from /proc/interrupts
-before and after (virtioN-req.* MSI-X vectors; the config vector is left out).
+before and after (virtioN-req.* MSI-X vectors; the config vector is left out). It does
+--rounds rounds over all disks and depths (interleaved in time, so drifting host load hits
+every variant alike) and, per round, measures the guest's own cost of a getpid() and of a
+4 KiB read of /dev/zero (no I/O), the floor under every request. Per point the table sums
+requests, interrupts and seconds over the rounds (IOPS = requests / seconds) and shows the
+range of the per-round IOPS.
 
 To keep to one boot per VMM configuration, every device variant is a separate disk of the
 same VM, all backed by the SAME read-only image file, and the probe runs them one after the
@@ -25,7 +31,8 @@ other inside one guest boot:
 
 Disks are told apart by their virtio-blk serial (GET_ID): irqvm names disk i `irqvm-vd<i>`,
 and QEMU's disks get the same serials. Same kernel (PVH vmlinux), same initramfs, same
-command line, memory and vCPUs for both VMMs. The image (a fresh --disk-mib scratch file of
+command line, memory and vCPUs for both VMMs. Boot order: irqvm kernel, QEMU, irqvm split
+(the main comparison runs back to back); --repeat N runs that sequence N times. The image (a fresh --disk-mib scratch file of
 random bytes in a temp dir) is read once on the host before each boot so both VMMs read
 from the host page cache.
 
@@ -71,7 +78,7 @@ def boot(name, cmd, timeout, log_path):
                     try:
                         pt = json.loads(line[len(MARK):])
                         if pt.get("baseline"):
-                            base = pt
+                            base = (base or []) + [pt]
                             print(f"  {name}: guest baseline: getpid {pt.get('getpid_us')} us, "
                                   f"4 KiB read of /dev/zero {pt.get('read_devzero_4k_us')} us", flush=True)
                             continue
@@ -107,11 +114,13 @@ def warm(path):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--secs", type=float, default=5.0, help="seconds per point (default 5)")
+    ap.add_argument("--secs", type=float, default=4.0, help="seconds per point and round (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all points per boot (default 3)")
+    ap.add_argument("--repeat", type=int, default=1, help="run the whole boot sequence N times (default 1)")
     ap.add_argument("--depths", default="1,32", help="iodepths, comma list (default 1,32)")
     ap.add_argument("--irqchips", default="kernel,split", help="irqvm modes, comma list (default kernel,split)")
-    ap.add_argument("--usecs", type=int, default=1000, help="moderation: irq-usecs (default 1000)")
-    ap.add_argument("--max-frames", type=int, default=16, help="moderation: irq-max-frames (default 16)")
+    ap.add_argument("--usecs", type=int, default=10000, help="moderation: irq-usecs (default 10000: a request costs the guest ~20 ms on PVM hosts)")
+    ap.add_argument("--max-frames", type=int, default=8, help="moderation: irq-max-frames (default 8)")
     ap.add_argument("--vcpus", type=int, default=1)
     ap.add_argument("--memory", type=int, default=256, help="MiB")
     ap.add_argument("--disk-mib", type=int, default=64)
@@ -141,7 +150,7 @@ def main():
     qemu_ver = (subprocess.run([qemu_bin, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
                 if qemu_bin else None)
 
-    probe = f"irqvm-iops --secs {a.secs:g} --depths {','.join(map(str, depths))}"
+    probe = f"irqvm-iops --secs {a.secs:g} --rounds {a.rounds} --depths {','.join(map(str, depths))}"
     cmdline = ((ROOT / "resources/default-cmdline.txt").read_text().strip()
                + f" irqvm.serial_lines=0 \"irqvm.init=script:{probe}\"")
     mod = f"{a.usecs} us/{a.max_frames} frames"
@@ -152,7 +161,7 @@ def main():
     with open(img, "wb") as f:
         f.write(os.urandom(a.disk_mib << 20))
 
-    boots = []  # (vmm, mode, cmd, {serial: (label, event_idx, moderation)})
+    seq = []  # (vmm, mode, cmd, {serial: (label, event_idx, moderation)})
     irqvm = str(ROOT / "target/release/irqvm")
     for mode in irqchips:
         cmd = [irqvm, "run", "--kernel", str(kernel), "--initrd", str(initrd), "--memory", str(a.memory),
@@ -162,7 +171,7 @@ def main():
             if m:
                 opt += f",irq-usecs={a.usecs},irq-max-frames={a.max_frames}"
             cmd += ["--disk", opt]
-        boots.append(("irqvm", mode, cmd, {s: (l, e, m) for s, l, e, m in variants}))
+        seq.append(("irqvm", mode, cmd, {s: (l, e, m) for s, l, e, m in variants}))
     if qemu_bin and not a.no_qemu:
         cmd = [qemu_bin, "-M", "q35", "-accel", "kvm,kernel-irqchip=on", "-cpu", QEMU_CPU,
                "-smp", str(a.vcpus), "-m", f"{a.memory}M", "-nodefaults", "-no-user-config", "-nographic",
@@ -173,7 +182,8 @@ def main():
             cmd += ["-drive", f"file={img},if=none,id=d{i},format=raw,readonly=on",
                     "-device", f"virtio-blk-pci,drive=d{i},serial={serial},event_idx={'on' if eidx else 'off'}"]
             qv[serial] = (label, eidx, None)
-        boots.append(("qemu", "kernel", cmd, qv))
+        seq.insert(1, ("qemu", "kernel", cmd, qv))
+    boots = seq * max(1, a.repeat)
 
     rows = []  # dicts
     meta = []
@@ -197,39 +207,61 @@ def main():
         for row in rows:
             f.write(json.dumps(row) + "\n")
 
-    def find(vmm, mode, eidx, m, depth):
-        for row in rows:
-            if (row["vmm"], row["irqchip"], row["event_idx"], row["moderation"], row.get("depth")) == \
-                    (vmm, mode, eidx, m, depth) and "iops" in row:
-                return row
-        return None
+    def agg(vmm, mode, eidx, m, depth):
+        """Sums over every round and boot of one configuration, or None."""
+        pts = [r for r in rows if (r["vmm"], r["irqchip"], r["event_idx"], r["moderation"], r.get("depth")) ==
+               (vmm, mode, eidx, m, depth) and "requests" in r]
+        req = sum(p["requests"] for p in pts)
+        secs = sum(p["secs"] for p in pts)
+        if not pts or not secs:
+            return None
+        per = sorted(p["iops"] for p in pts)
+        return {"iops": req / secs, "irqs_per_req": sum(p["irqs"] for p in pts) / req if req else None,
+                "requests": req, "lo": per[0], "hi": per[-1], "n": len(pts),
+                "errors": sum(p.get("errors", 0) for p in pts)}
 
     def fmt(x, nd):
         return "—" if x is None else f"{x:,.{nd}f}"
 
-    table = ["| VMM | irqchip | iodepth | EVENT_IDX | moderation | IOPS | irqs/request | "
-             "IOPS ÷ QEMU | irqs/req ÷ QEMU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    table = ["| VMM | irqchip | iodepth | EVENT_IDX | moderation | IOPS | per-round IOPS | requests | "
+             "irqs/request | IOPS ÷ QEMU | irqs/req ÷ QEMU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    summary = []
     for depth in depths:
-        for vmm, mode, _, disks in boots:
+        for vmm, mode, _, disks in seq:
             for serial, (label, eidx, m) in disks.items():
-                row = find(vmm, mode, eidx, m, depth)
-                q = find("qemu", "kernel", eidx, None, depth)
+                g = agg(vmm, mode, eidx, m, depth)
+                q = agg("qemu", "kernel", eidx, None, depth)
                 ratio_iops = ratio_irq = "—"
-                if row and q and vmm != "qemu":
+                if g and q and vmm != "qemu":
                     if q["iops"]:
-                        ratio_iops = f"{row['iops'] / q['iops']:.2f}"
-                    if q["irqs_per_req"]:
-                        ratio_irq = f"{row['irqs_per_req'] / q['irqs_per_req']:.2f}"
+                        ratio_iops = f"{g['iops'] / q['iops']:.2f}"
+                    if q["irqs_per_req"] and g["irqs_per_req"] is not None:
+                        ratio_irq = f"{g['irqs_per_req'] / q['irqs_per_req']:.2f}"
                 vname = "QEMU q35" if vmm == "qemu" else "irqvm"
                 mname = "n/a" if vmm == "qemu" else ("off" if m is None else m)
                 table.append(f"| {vname} | {mode} | {depth} | {'on' if eidx else 'off'} | {mname} | "
-                             f"{fmt(row and row['iops'], 0)} | {fmt(row and row['irqs_per_req'], 3)} | "
+                             f"{fmt(g and g['iops'], 1)} | "
+                             f"{(fmt(g['lo'], 1) + '-' + fmt(g['hi'], 1)) if g else '—'} | "
+                             f"{g['requests'] if g else '—'} | {fmt(g and g['irqs_per_req'], 3)} | "
                              f"{ratio_iops} | {ratio_irq} |")
-    head = (f"4 KiB random reads, O_DIRECT, {a.secs:g} s per point, {a.vcpus} vCPU(s), {a.memory} MiB, "
+                summary.append({"summary": True, "vmm": vmm, "irqchip": mode, "depth": depth,
+                                "event_idx": eidx, "moderation": m, **(g or {})})
+    base_rows = ["| boot | guest getpid() µs (median of rounds) | 4 KiB read of /dev/zero µs | /init at s |",
+                 "|---|---|---|---|"]
+    for b in meta:
+        bl = b.get("baseline") or []
+        med = lambda k: sorted(x[k] for x in bl)[len(bl) // 2] if bl else None
+        base_rows.append(f"| {b['vmm']} {b['irqchip']} | {fmt(med('getpid_us'), 0)} | "
+                         f"{fmt(med('read_devzero_4k_us'), 0)} | {fmt(b.get('init_s'), 0)} |")
+    with open(out / "iops.jsonl", "a") as f:
+        for srow in summary:
+            f.write(json.dumps(srow) + "\n")
+    head = (f"4 KiB random reads, O_DIRECT, {a.rounds} rounds x {a.secs:g} s per point and boot, "
+            f"{a.repeat} boot(s) per VMM configuration, {a.vcpus} vCPU(s), {a.memory} MiB, "
             f"{a.disk_mib} MiB read-only image; {qemu_ver or 'no QEMU'}; "
             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    text = head + "\n\n" + "\n".join(table) + "\n"
+    text = head + "\n\n" + "\n".join(table) + "\n\n" + "\n".join(base_rows) + "\n"
     (out / "iops.md").write_text(text)
     print("\n" + text)
     print(f"wrote {out / 'iops.jsonl'} and {out / 'iops.md'}; console logs {out}/iops-*.log")

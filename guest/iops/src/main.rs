@@ -2,7 +2,7 @@
 //! disks, measured inside a Linux guest.
 //!
 //! ```text
-//! irqvm-iops [--secs T] [--depths 1,32] [--bs BYTES] [DEV...]
+//! irqvm-iops [--secs T] [--depths 1,32] [--rounds R] [--bs BYTES] [DEV...]
 //! ```
 //!
 //! For every disk (default: each `/sys/block/vd*`) and every depth D it opens the disk D times
@@ -34,11 +34,13 @@ use std::time::{Duration, Instant};
 const O_DIRECT: i32 = 0o40000;
 /// Buffers are aligned to this for `O_DIRECT` (any logical block size up to a page).
 const ALIGN: usize = 4096;
-const USAGE: &str = "usage: irqvm-iops [--secs T] [--depths 1,32] [--bs BYTES] [DEV...]";
+const USAGE: &str =
+    "usage: irqvm-iops [--secs T] [--depths 1,32] [--rounds R] [--bs BYTES] [DEV...]";
 
 struct Args {
     secs: f64,
     depths: Vec<usize>,
+    rounds: usize,
     bs: usize,
     devs: Vec<String>,
 }
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         secs: 5.0,
         depths: vec![1, 32],
+        rounds: 1,
         bs: 4096,
         devs: Vec::new(),
     };
@@ -69,6 +72,14 @@ fn parse_args() -> Result<Args, String> {
                     .map(|d| d.parse().ok().filter(|d| (1..=256).contains(d)))
                     .collect::<Option<Vec<usize>>>()
                     .ok_or(format!("--depths {v}: want a comma list of 1..=256"))?;
+            }
+            "--rounds" => {
+                let v = val("--rounds")?;
+                a.rounds = v
+                    .parse()
+                    .ok()
+                    .filter(|r| (1..=1000).contains(r))
+                    .ok_or(format!("--rounds {v}: want 1..=1000"))?;
             }
             "--bs" => {
                 let v = val("--bs")?;
@@ -244,7 +255,7 @@ fn run_point(dev: &str, depth: usize, bs: usize, secs: f64) -> Result<Point, Str
 
 /// Guest-side cost of one system call and of one 4 KiB read that does no I/O (from
 /// /dev/zero), in microseconds: the floor under every request, whatever the VMM does.
-fn baseline() -> String {
+fn baseline(round: usize) -> String {
     let per_call = |f: &mut dyn FnMut()| {
         let t0 = Instant::now();
         let mut n = 0u64;
@@ -268,7 +279,7 @@ fn baseline() -> String {
         Err(_) => -1.0,
     };
     format!(
-        "{{\"baseline\":true,\"getpid_us\":{getpid_us:.2},\"read_devzero_4k_us\":{read_us:.2}}}"
+        "{{\"baseline\":true,\"round\":{round},\"getpid_us\":{getpid_us:.2},\"read_devzero_4k_us\":{read_us:.2}}}"
     )
 }
 
@@ -288,6 +299,56 @@ fn json_str(s: &str) -> String {
     o
 }
 
+/// Run one point and format its JSON line.
+#[allow(clippy::too_many_arguments)]
+fn point_json(
+    dev: &str,
+    disk: &str,
+    serial: &str,
+    virtio: &str,
+    depth: usize,
+    round: usize,
+    a: &Args,
+    ok: &mut bool,
+) -> String {
+    let (before, _) = irq_count(virtio);
+    match run_point(dev, depth, a.bs, a.secs) {
+        Ok(p) => {
+            let (after, names) = irq_count(virtio);
+            let irqs = after.saturating_sub(before);
+            let per_req = if p.requests > 0 {
+                irqs as f64 / p.requests as f64
+            } else {
+                0.0
+            };
+            *ok &= p.requests > 0;
+            let names: Vec<String> = names.iter().map(|n| json_str(n)).collect();
+            format!(
+                "{{\"dev\":{},\"serial\":{},\"virtio\":{},\"round\":{round},\"depth\":{depth},\"bs\":{},\"secs\":{:.3},\"requests\":{},\"errors\":{},\"iops\":{:.1},\"irqs\":{irqs},\"irqs_per_req\":{:.4},\"irq_lines\":[{}]}}",
+                json_str(disk),
+                json_str(serial),
+                json_str(virtio),
+                a.bs,
+                p.secs,
+                p.requests,
+                p.errors,
+                p.requests as f64 / p.secs,
+                per_req,
+                names.join(",")
+            )
+        }
+        Err(e) => {
+            *ok = false;
+            format!(
+                "{{\"dev\":{},\"serial\":{},\"round\":{round},\"depth\":{depth},\"error\":{}}}",
+                json_str(disk),
+                json_str(serial),
+                json_str(&e)
+            )
+        }
+    }
+}
+
 fn main() {
     let a = match parse_args() {
         Ok(a) => a,
@@ -297,53 +358,29 @@ fn main() {
         }
     };
     let mut ok = true;
-    println!("IRQVM-IOPS: {}", baseline());
-    for dev in &a.devs {
-        let disk = dev.rsplit('/').next().unwrap_or(dev).to_string();
-        let serial = std::fs::read_to_string(format!("/sys/block/{disk}/serial"))
-            .map(|s| s.trim().to_string())
-            .unwrap_or_default();
-        let virtio = virtio_name(&disk).unwrap_or_default();
-        for &depth in &a.depths {
-            let (before, _) = irq_count(&virtio);
-            let line = match run_point(dev, depth, a.bs, a.secs) {
-                Ok(p) => {
-                    let (after, names) = irq_count(&virtio);
-                    let irqs = after.saturating_sub(before);
-                    let per_req = if p.requests > 0 {
-                        irqs as f64 / p.requests as f64
-                    } else {
-                        0.0
-                    };
-                    ok &= p.requests > 0;
-                    let names: Vec<String> = names.iter().map(|n| json_str(n)).collect();
-                    format!(
-                        "{{\"dev\":{},\"serial\":{},\"virtio\":{},\"depth\":{depth},\"bs\":{},\"secs\":{:.3},\"requests\":{},\"errors\":{},\"iops\":{:.1},\"irqs\":{irqs},\"irqs_per_req\":{:.4},\"irq_lines\":[{}]}}",
-                        json_str(&disk),
-                        json_str(&serial),
-                        json_str(&virtio),
-                        a.bs,
-                        p.secs,
-                        p.requests,
-                        p.errors,
-                        p.requests as f64 / p.secs,
-                        per_req,
-                        names.join(",")
-                    )
-                }
-                Err(e) => {
-                    ok = false;
-                    format!(
-                        "{{\"dev\":{},\"serial\":{},\"depth\":{depth},\"error\":{}}}",
-                        json_str(&disk),
-                        json_str(&serial),
-                        json_str(&e)
-                    )
-                }
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "IRQVM-IOPS: {line}");
-            let _ = out.flush();
+    let disks: Vec<(String, String, String, String)> = a
+        .devs
+        .iter()
+        .map(|dev| {
+            let disk = dev.rsplit('/').next().unwrap_or(dev).to_string();
+            let serial = std::fs::read_to_string(format!("/sys/block/{disk}/serial"))
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default();
+            let virtio = virtio_name(&disk).unwrap_or_default();
+            (dev.clone(), disk, serial, virtio)
+        })
+        .collect();
+    // Rounds interleave the disks and depths in time, so a change in host load hits every
+    // configuration alike instead of whichever point ran at that moment.
+    for round in 0..a.rounds {
+        println!("IRQVM-IOPS: {}", baseline(round));
+        for (dev, disk, serial, virtio) in &disks {
+            for &depth in &a.depths {
+                let line = point_json(dev, disk, serial, virtio, depth, round, &a, &mut ok);
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "IRQVM-IOPS: {line}");
+                let _ = out.flush();
+            }
         }
     }
     std::process::exit(if ok { 0 } else { 1 });
