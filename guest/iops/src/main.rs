@@ -204,18 +204,24 @@ fn run_point(dev: &str, depth: usize, bs: usize, secs: f64) -> Result<Point, Str
             "{dev}: {size} bytes is smaller than one {bs}-byte block"
         ));
     }
+    // Open everything first: once a thread waits on the start barrier, every other
+    // participant must arrive, so nothing may fail after the first spawn.
+    let files = (0..depth)
+        .map(|_| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(O_DIRECT)
+                .open(dev)
+                .map_err(|e| format!("{dev}: open with O_DIRECT: {e}"))
+        })
+        .collect::<Result<Vec<File>, String>>()?;
     let stop = Arc::new(AtomicBool::new(false));
     let start = Arc::new(Barrier::new(depth + 1));
     let mut handles = Vec::with_capacity(depth);
-    for t in 0..depth {
-        let file = OpenOptions::new()
-            .read(true)
-            .custom_flags(O_DIRECT)
-            .open(dev)
-            .map_err(|e| format!("{dev}: open with O_DIRECT: {e}"))?;
+    for (t, file) in files.into_iter().enumerate() {
         let mut storage = vec![0u8; bs + ALIGN];
         let (stop, start) = (stop.clone(), start.clone());
-        let h = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .stack_size(256 << 10)
             .spawn(move || {
                 let mut rng = Rng(0x9E37_79B9_7F4A_7C15 ^ ((t as u64 + 1) << 32) | 1);
@@ -232,9 +238,15 @@ fn run_point(dev: &str, depth: usize, bs: usize, secs: f64) -> Result<Point, Str
                     }
                 }
                 (n, err)
-            })
-            .map_err(|e| format!("spawning thread {t}: {e}"))?;
-        handles.push(h);
+            });
+        match spawned {
+            Ok(h) => handles.push(h),
+            Err(e) => {
+                // Threads already spawned wait on the barrier for good: give up the run.
+                eprintln!("irqvm-iops: {dev}: spawning reader thread {t}: {e}");
+                std::process::exit(1);
+            }
+        }
     }
     start.wait();
     let t0 = Instant::now();
