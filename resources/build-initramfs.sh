@@ -8,6 +8,10 @@
 #                                                MOD... (default: virtio_pci virtio_blk
 #                                                virtio_net virtio_mmio) and their deps
 #
+# Env IRQVM_INITRAMFS_EXTRA: extra executables, whitespace-separated GUEST_PATH=HOST_FILE
+# entries (e.g. /bin/irqvm-iops=/path/to/irqvm-iops, see resources/bench/prepare-iops.sh);
+# they are part of the cache key like every other packed file.
+#
 # Uncompressed on purpose: inflating a gzip'd initramfs costs seconds on hosts that
 # emulate instructions. Device nodes come from the kernel's own usr/gen_init_cpio (built
 # from the linux-source tree), so no root and no mknod are needed. Reruns with the same
@@ -66,6 +70,13 @@ SPEC="$WORK/spec"
 		echo "slink /$applet /bin/busybox 0777 0 0"
 	done
 	echo "file /init $INIT 0755 0 0"
+	for extra in ${IRQVM_INITRAMFS_EXTRA:-}; do
+		gpath="${extra%%=*}"
+		hpath="${extra#*=}"
+		case "$gpath" in /*) ;; *) die "IRQVM_INITRAMFS_EXTRA entry '$extra': want /GUEST/PATH=HOST_FILE" ;; esac
+		[ -f "$hpath" ] || die "IRQVM_INITRAMFS_EXTRA entry '$extra': $hpath is not a file"
+		echo "file $gpath $hpath 0755 0 0"
+	done
 	echo "file /etc/irqvm-initramfs $WORK/stamp 0644 0 0"
 } > "$SPEC"
 

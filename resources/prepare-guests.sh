@@ -9,6 +9,7 @@
 #   initramfs.cpio                             busybox + /init, uncompressed newc
 #   debian-cloud/vmlinuz                       Debian's prebuilt cloud kernel (bzImage)
 #   debian-cloud/initramfs.cpio                busybox + /init + its virtio modules
+#   bench/initramfs-iops.cpio                  busybox + /init + /bin/irqvm-iops (guest/iops)
 # Needs root for apt-get (or the packages already installed). Reruns are idempotent:
 # unchanged inputs print "cached" and take seconds. Env: IRQVM_JOBS (make -j, default
 # nproc), IRQVM_CACHE.
@@ -26,6 +27,7 @@ for a in "$@"; do
 done
 
 take_cache_lock
+export IRQVM_CACHE_LOCKED=1
 log "cache: $CACHE"
 ensure_pkgs linux-source-6.1 busybox-static build-essential bc bison flex libelf-dev \
 	libssl-dev cpio xz-utils binutils kmod lz4
@@ -41,6 +43,7 @@ step() {
 
 step kernel "$IRQVM_RESOURCES/build-kernel.sh"
 step initramfs "$IRQVM_RESOURCES/build-initramfs.sh" "$CACHE/initramfs.cpio"
+step bench-initramfs "$IRQVM_RESOURCES/bench/prepare-iops.sh" > /dev/null
 if [ "$with_cloud" -eq 1 ]; then
 	step debian-cloud "$IRQVM_RESOURCES/prepare-debian-cloud.sh"
 fi
@@ -50,6 +53,7 @@ echo "IRQVM_KERNEL_KEY=$key"
 echo "IRQVM_VMLINUX=$CACHE/linux/current/vmlinux"
 echo "IRQVM_BZIMAGE=$CACHE/linux/current/bzImage"
 echo "IRQVM_INITRAMFS=$CACHE/initramfs.cpio"
+echo "IRQVM_IOPS_INITRAMFS=$CACHE/bench/initramfs-iops.cpio"
 if [ "$with_cloud" -eq 1 ]; then
 	echo "IRQVM_DEBIAN_CLOUD_VMLINUZ=$CACHE/debian-cloud/vmlinuz"
 	echo "IRQVM_DEBIAN_CLOUD_INITRAMFS=$CACHE/debian-cloud/initramfs.cpio"

@@ -20,6 +20,9 @@ log=$(mktemp /tmp/irqvm-tests.XXXXXX)
 status=0
 cargo build --workspace --all-targets 2>&1 | tail -n 3
 cargo clippy --workspace --all-targets -- -D warnings 2>&1 | tail -n 3
+# guest/iops (the guest IOPS probe) is outside the workspace: lint and unit-test it too.
+cargo clippy --manifest-path guest/iops/Cargo.toml --all-targets -- -D warnings 2>&1 | tail -n 3
+cargo test -q --manifest-path guest/iops/Cargo.toml 2>&1 | tail -n 3
 cargo test --workspace --no-fail-fast -- --test-threads="${IRQVM_TEST_THREADS:-2}" --nocapture 2>&1 | tee "$log" || status=$?
 
 skipped=$(grep -c '^skipped: ' "$log" || true)

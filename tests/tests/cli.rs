@@ -130,6 +130,20 @@ fn bad_serial_destination_is_refused() {
 }
 
 #[test]
+fn bad_disk_event_idx_value_is_refused() {
+    assert_one_line_error(
+        &[
+            "run",
+            "--kernel",
+            "/x",
+            "--disk",
+            "path=/tmp/x.img,event-idx=maybe",
+        ],
+        "event-idx=maybe: use on or off",
+    );
+}
+
+#[test]
 fn tiny_guest_output_reaches_stdout_and_debug_exit_sets_status() {
     require_kvm();
     let g = tiny_guest("hello", "hello from a tiny guest", 3);

@@ -172,8 +172,9 @@ pub struct RunArgs {
     pub testdev: bool,
 
     /// A virtio-blk disk backed by a raw file (repeatable):
-    /// path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]
-    /// (transport defaults to --virtio-transport).
+    /// path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]
+    /// (event-idx=off: do not offer VIRTIO_RING_F_EVENT_IDX; transport defaults to
+    /// --virtio-transport).
     #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_disk)]
     pub disk: Vec<crate::pci_setup::DiskSpec>,
 

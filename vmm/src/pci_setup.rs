@@ -79,6 +79,8 @@ pub struct DiskSpec {
     pub moderation: Moderation,
     /// `transport=pci|mmio`; `None` takes `--virtio-transport`.
     pub transport: Option<VirtioTransportArg>,
+    /// Offer VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 2.7.10); `event-idx=off` withholds it.
+    pub event_idx: bool,
 }
 
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
@@ -102,25 +104,27 @@ fn transport(key: &str, v: &str) -> Result<VirtioTransportArg, String> {
     }
 }
 
-/// Parse `path=FILE[,readonly=on|off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]`.
+/// Parse `path=FILE[,readonly=on|off][,event-idx=on|off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]`.
 pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     let mut path = None;
     let mut readonly = false;
+    let mut event_idx = true;
     let mut moderation = Moderation::default();
     let mut transport_arg = None;
     for part in s.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
-            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]")
+            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]")
         })?;
         match k {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
             "readonly" => readonly = on_off(k, v)?,
+            "event-idx" => event_idx = on_off(k, v)?,
             "irq-usecs" => moderation.usecs = number(k, v)?,
             "irq-max-frames" => moderation.max_frames = number(k, v)?,
             "transport" => transport_arg = Some(transport(k, v)?),
             _ => {
                 return Err(format!(
-                    "unknown or empty --disk option '{k}'; known: path, readonly, irq-usecs, irq-max-frames, transport"
+                    "unknown or empty --disk option '{k}'; known: path, readonly, event-idx, irq-usecs, irq-max-frames, transport"
                 ))
             }
         }
@@ -136,6 +140,7 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
         readonly,
         moderation,
         transport: transport_arg,
+        event_idx,
     })
 }
 
@@ -362,12 +367,14 @@ fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
             path: path.clone(),
             source,
         })?;
-    Block::new(BlockConfig {
+    let mut block = Block::new(BlockConfig {
         file,
         readonly: d.readonly,
         id: format!("irqvm-vd{index}"),
     })
-    .map_err(|source| PciSetupError::OpenDisk { path, source })
+    .map_err(|source| PciSetupError::OpenDisk { path, source })?;
+    block.set_event_idx(d.event_idx);
+    Ok(block)
 }
 
 impl VirtioDevices {
@@ -687,6 +694,7 @@ mod tests {
         let d = parse_disk("path=/tmp/x.img,readonly=on,irq-usecs=50,irq-max-frames=8").unwrap();
         assert_eq!(d.path, PathBuf::from("/tmp/x.img"));
         assert!(d.readonly);
+        assert!(d.event_idx, "EVENT_IDX is offered unless event-idx=off");
         assert_eq!(
             d.moderation,
             Moderation {
@@ -771,6 +779,15 @@ mod tests {
         assert!(parse_mac("00:00:00:00:00:00")
             .unwrap_err()
             .contains("all-zero"));
+    }
+
+    #[test]
+    fn disk_option_event_idx_off_withholds_the_feature() {
+        assert!(!parse_disk("path=a,event-idx=off").unwrap().event_idx);
+        assert!(parse_disk("path=a,event-idx=on").unwrap().event_idx);
+        assert!(parse_disk("path=a,event-idx=maybe")
+            .unwrap_err()
+            .contains("event-idx=maybe: use on or off"));
     }
 
     #[test]

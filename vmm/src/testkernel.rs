@@ -63,6 +63,7 @@ impl ScratchDisks {
                 readonly: false,
                 moderation,
                 transport: Some(transport),
+                event_idx: true,
             });
         }
         Ok(disks)
