@@ -419,7 +419,7 @@ impl TestDevice {
                 Ok(0)
             }
             cmd::LINE_PULSE => {
-                self.line(a0, a1)?.pulse();
+                self.line(a0, a1)?.pulse_sync();
                 Ok(0)
             }
             cmd::BURST => self.start_burst(a0, a1, a2, a3),
@@ -514,7 +514,7 @@ impl TestDevice {
             format!("testdev-burst-{gsi}"),
             count,
             gap_us,
-            move || line.pulse(),
+            move || line.pulse_sync(),
         )?);
         Ok(0)
     }

@@ -418,6 +418,25 @@ impl InterruptLine for KernelLine {
             log::warn!("irqfd write for gsi {} failed: {e}", self.gsi);
         }
     }
+
+    /// KVM_IRQ_LINE 1 then 0: KVM runs the IOAPIC/PIC edge inside the ioctl, so the edge is
+    /// latched (IRR) when this returns. The sources lock keeps another source's level change
+    /// from landing between the two calls.
+    fn pulse_sync(&self) {
+        let Some(g) = self.gsi() else { return };
+        let s = g.sources.lock().unwrap_or_else(|e| e.into_inner());
+        self.inner.stats.record_source_raise(self.gsi, self.source);
+        if *s != 0 {
+            self.inner.stats.record(self.gsi, Counter::Coalesced);
+            return;
+        }
+        self.inner.stats.record(self.gsi, Counter::Raised);
+        for level in [true, false] {
+            if let Err(e) = self.inner.vm.set_irq_line(self.gsi, level) {
+                log::warn!("KVM_IRQ_LINE gsi {} level {level} failed: {e}", self.gsi);
+            }
+        }
+    }
 }
 
 impl KernelIrqchip {

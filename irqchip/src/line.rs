@@ -14,6 +14,13 @@ pub trait InterruptLine: Send + Sync {
         self.set_level(true);
         self.set_level(false);
     }
+
+    /// An edge that has reached the interrupt controller when this returns. `pulse` may be
+    /// asynchronous (an irqfd on a non-MSI route is injected from a KVM work item), which is
+    /// right for a device but not for a test command whose caller inspects IRR next.
+    fn pulse_sync(&self) {
+        self.pulse();
+    }
 }
 
 /// Hands out interrupt lines. A GSI's level is the wired-OR of its named sources, so two
