@@ -138,8 +138,17 @@ impl<T: VirtioTransport> VirtioWorker<T> {
         let max = self.moderation.max_frames;
         if max > 0 && *p >= max {
             *p = 0;
-            let mut d = self.lock();
-            d.signal_queue(q);
+            self.lock().signal_queue(q);
+            // Nothing held on any queue any more: the running hold period ends here, so the
+            // next held completion gets a full `usecs` rather than the rest of this one.
+            if self.armed && self.pending.iter().all(|&p| p == 0) {
+                if let Some(t) = &mut self.timer {
+                    match t.clear() {
+                        Ok(()) => self.armed = false,
+                        Err(e) => log::warn!("virtio: disarming the moderation timer failed: {e}"),
+                    }
+                }
+            }
         } else {
             let stats = self.lock().core().stats.clone();
             stats.moderated.fetch_add(1, Ordering::Relaxed);
@@ -390,6 +399,25 @@ mod tests {
         );
         w.timer_expired();
         assert_eq!(dev.lock().unwrap().queue_irqs, 1, "nothing left to deliver");
+    }
+
+    #[test]
+    fn max_frames_flush_disarms_the_timer_so_the_next_hold_gets_full_usecs() {
+        let (mut w, dev, mem) = setup(Moderation {
+            usecs: 1_000_000,
+            max_frames: 2,
+        });
+        submit(&mem, 0);
+        w.kick(0);
+        assert!(w.armed, "first held completion arms the timer");
+        submit(&mem, 1);
+        w.kick(0);
+        assert_eq!(dev.lock().unwrap().queue_irqs, 1, "batch of 2 delivered");
+        assert!(!w.armed, "nothing held: timer disarmed");
+        assert!(!w.timer.as_ref().unwrap().is_armed().unwrap());
+        submit(&mem, 2);
+        w.kick(0);
+        assert!(w.armed, "the next hold starts a fresh period");
     }
 
     /// virtio-net over a datagram socket pair, in a real event loop.
