@@ -11,6 +11,7 @@ pub mod pc_testdev;
 pub mod pci;
 pub mod pit;
 pub mod serial;
+pub mod tap;
 pub mod testdev;
 pub mod virtio;
 

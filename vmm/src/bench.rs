@@ -4,7 +4,10 @@
 //! `results.jsonl`, `table.md` (medians, p99 and irqvm/QEMU ratios) and `chart.svg`.
 //!
 //! Each path's numbers come from the guest (TSC cycles converted with the TSC frequency):
-//! min/median/p99 over >= 10,000 samples, see guest/testkernel/src/bench.rs.
+//! min/median/p99 over >= 10,000 samples, see guest/testkernel/src/bench.rs; the virtio-blk
+//! paths (guest/testkernel/src/vblk_bench.rs, 2,000-5,000 samples, plus interrupts per
+//! request) run on the same scratch disks `irqvm selftest` attaches
+//! ([`testkernel::ScratchDisks`]); QEMU runs without disks, so its columns show n/a there.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,6 +28,8 @@ pub struct Sample {
     pub min_ns: f64,
     pub median_ns: f64,
     pub p99_ns: f64,
+    /// Interrupts per request (virtio-blk paths only).
+    pub irqs_per_request: Option<f64>,
 }
 
 /// Parse the guest's JSON lines (anything else on the console is ignored).
@@ -42,6 +47,7 @@ pub fn parse_log(config: &str, log: &str) -> Vec<Sample> {
                 min_ns: v.get("min_ns")?.as_f64()?,
                 median_ns: v.get("median_ns")?.as_f64()?,
                 p99_ns: v.get("p99_ns")?.as_f64()?,
+                irqs_per_request: v.get("irqs_per_request").and_then(|x| x.as_f64()),
             })
         })
         .collect()
@@ -53,6 +59,8 @@ fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> VmmError {
 
 fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, VmmError> {
     let _ = std::fs::remove_file(log);
+    // The same scratch disks as `irqvm selftest`, for the virtio-blk paths.
+    let disks = testkernel::ScratchDisks::create()?;
     vm::run(VmConfig {
         kernel: kernel.to_path_buf(),
         initrd: None,
@@ -66,7 +74,8 @@ fn run_irqvm(mode: IrqchipMode, kernel: &Path, log: &Path) -> Result<Outcome, Vm
         kvm_device: PathBuf::from("/dev/kvm"),
         irq_stats: false,
         inject_fault: None,
-        disks: Vec::new(),
+        disks: disks.specs.clone(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     })
 }
@@ -143,8 +152,10 @@ fn run_qemu(kirq: &str, kernel: &Path, log: &Path) -> Result<(), VmmError> {
     }
 }
 
-/// Markdown table: one row per path, one column per configuration (median, p99 in ns),
-/// then irqvm/QEMU ratios of the medians for the same irqchip mode.
+/// Markdown table: one row per path, one column per configuration (median, p99 in ns, and
+/// interrupts per request for the virtio-blk paths; n/a where the configuration has no
+/// such path, e.g. QEMU without a disk), then irqvm/QEMU ratios of the medians for the same
+/// irqchip mode.
 pub fn table(samples: &[Sample], configs: &[String]) -> String {
     let mut by: BTreeMap<&str, BTreeMap<&str, &Sample>> = BTreeMap::new();
     for s in samples {
@@ -169,9 +180,14 @@ pub fn table(samples: &[Sample], configs: &[String]) -> String {
         for c in configs {
             match m.get(c.as_str()) {
                 Some(s) => {
-                    let _ = write!(t, " {:.0} / {:.0} |", s.median_ns, s.p99_ns);
+                    let _ = write!(t, " {:.0} / {:.0}", s.median_ns, s.p99_ns);
+                    if let Some(ipr) = s.irqs_per_request {
+                        let _ = write!(t, " ({ipr:.3} irq/req)");
+                    }
+                    t.push_str(" |");
                 }
-                None => t.push_str(" — |"),
+                // Not measured in this configuration (e.g. no virtio disk under QEMU).
+                None => t.push_str(" n/a |"),
             }
         }
         for (a, b) in pairs {
@@ -276,8 +292,16 @@ pub fn run(out: &Path, with_qemu: bool) -> Result<Outcome, VmmError> {
     for s in &samples {
         let _ = writeln!(
             jsonl,
-            "{{\"config\":\"{}\",\"path\":\"{}\",\"n\":{},\"min_ns\":{},\"median_ns\":{},\"p99_ns\":{}}}",
-            s.config, s.path, s.n, s.min_ns, s.median_ns, s.p99_ns
+            "{{\"config\":\"{}\",\"path\":\"{}\",\"n\":{},\"min_ns\":{},\"median_ns\":{},\"p99_ns\":{}{}}}",
+            s.config,
+            s.path,
+            s.n,
+            s.min_ns,
+            s.median_ns,
+            s.p99_ns,
+            s.irqs_per_request
+                .map(|x| format!(",\"irqs_per_request\":{x}"))
+                .unwrap_or_default()
         );
     }
     std::fs::write(out.join("results.jsonl"), jsonl).map_err(io("writing results.jsonl"))?;
@@ -331,6 +355,29 @@ mod tests {
         let t = table(&s, &configs);
         assert!(
             t.contains("| ioapic_edge | 50 / 90 | 100 / 90 | — | 0.50 |"),
+            "{t}"
+        );
+    }
+
+    const VBLK: &str = "{\"path\":\"vblk_msix_batch4_event_idx\",\"n\":2000,\"min_ns\":1,\"median_ns\":400,\"p99_ns\":900,\"requests\":8000,\"interrupts\":2000,\"irqs_per_request\":0.250}\n";
+
+    #[test]
+    fn parse_reads_interrupts_per_request_of_virtio_paths() {
+        let s = parse_log("irqvm kernel", VBLK);
+        assert_eq!(s[0].irqs_per_request, Some(0.25));
+        assert_eq!(parse_log("irqvm kernel", LOG)[0].irqs_per_request, None);
+    }
+
+    #[test]
+    fn table_shows_irqs_per_request_and_na_where_a_config_lacks_the_path() {
+        let s = parse_log("irqvm kernel", VBLK);
+        let configs = vec![
+            "irqvm kernel".to_string(),
+            "qemu kernel-irqchip=on".to_string(),
+        ];
+        let t = table(&s, &configs);
+        assert!(
+            t.contains("| vblk_msix_batch4_event_idx | 400 / 900 (0.250 irq/req) | n/a |"),
             "{t}"
         );
     }

@@ -172,12 +172,19 @@ pub struct RunArgs {
     pub testdev: bool,
 
     /// A virtio-blk disk backed by a raw file (repeatable):
-    /// path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M]
-    /// (event-idx=off: do not offer VIRTIO_RING_F_EVENT_IDX).
+    /// path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]
+    /// (event-idx=off: do not offer VIRTIO_RING_F_EVENT_IDX; transport defaults to
+    /// --virtio-transport).
     #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_disk)]
     pub disk: Vec<crate::pci_setup::DiskSpec>,
 
-    /// Transport for virtio devices.
+    /// A virtio-net NIC backed by a tap device (repeatable):
+    /// tap=NAME[,mac=52:54:00:12:34:56][,irq-usecs=N][,irq-max-frames=M]. The tap is
+    /// created if it does not exist (needs CAP_NET_ADMIN; it goes away when irqvm exits).
+    #[arg(long, value_name = "OPTS", value_parser = crate::pci_setup::parse_net)]
+    pub net: Vec<crate::pci_setup::NetSpec>,
+
+    /// Transport for virtio devices without their own transport= option.
     #[arg(long, value_enum, default_value_t = crate::pci_setup::VirtioTransportArg::Pci)]
     pub virtio_transport: crate::pci_setup::VirtioTransportArg,
 }

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
                 kvm_device: args.kvm_device,
                 irq_stats: args.irq_stats,
                 disks: args.disk,
+                nets: args.net,
                 virtio_transport: args.virtio_transport,
                 inject_fault: args.inject_fault,
             };

@@ -12,6 +12,9 @@
 //! * virtio-mmio: device *i* at `VIRTIO_MMIO_START + i * 4 KiB`, edge-triggered GSI `20 + i`
 //!   (at most 4 devices).
 //! * Queue notifications are KVM ioeventfds; the device thread runs an event-manager loop.
+//! * `--testdev` adds the test PCI function (devices/src/pci/testfn.rs) in slot
+//!   [`TESTFN_SLOT`] (31): INTA# is then GSI 19, source 6 (no test-kernel case drives that
+//!   source through LINE_SET), 16 MSI-X vectors with GSIs from the routing table.
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -22,24 +25,32 @@ use std::thread::JoinHandle;
 use boot::acpi::{AcpiConfig, PciHostConfig, PciRoute, VirtioMmioDevice};
 use boot::layout;
 use boot::mptable::{MpTable, MptableError, PciIntPin};
+use devices::pci::testfn::{TestPciFunction, TESTFN_BAR_SIZE};
 use devices::pci::{PciConfigIo, PciEcam, PciMmioWindow, PciRoot};
+use devices::tap::{Tap, TapError};
+use devices::testdev::SharedTestFn;
+use devices::testdev::{TestDisk, TestDiskTransport};
 use devices::virtio::block::{Block, BlockConfig};
 use devices::virtio::mmio::{VirtioMmio, REG_QUEUE_NOTIFY};
-use devices::virtio::pci::{VirtioPci, BAR_SIZE};
+use devices::virtio::net::{default_mac, Net};
+use devices::virtio::pci::{NotifyRegistrar, VirtioPci, BAR_SIZE};
 use devices::virtio::worker::{Moderation, VirtioWorker};
-use devices::virtio::VirtioStats;
+use devices::virtio::{VirtioBackend, VirtioStats};
 use devices::{Bus, BusDevice, BusError};
 use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use irqchip::{LineProvider, MsiRouteSink};
 use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vm_allocator::{AddressAllocator, AllocPolicy};
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// First GSI for PCI INTx.
 pub const PCI_INTX_GSI_BASE: u32 = 16;
 /// First GSI for virtio-mmio devices, and how many there can be.
 pub const VIRTIO_MMIO_GSI_BASE: u32 = 20;
 pub const MAX_VIRTIO_MMIO: usize = 4;
+/// PCI slot of the test device's function (`--testdev`).
+pub const TESTFN_SLOT: usize = 31;
 
 /// The GSI and wired-OR source of PCI slot `slot`'s INTA# (see the module documentation).
 pub fn intx_route(slot: usize) -> (u32, u8) {
@@ -50,7 +61,7 @@ pub fn intx_route(slot: usize) -> (u32, u8) {
     (gsi, source)
 }
 
-/// Which virtio transport `--disk` devices use.
+/// Which virtio transport `--disk` and `--net` devices use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
 pub enum VirtioTransportArg {
     /// virtio-pci (modern), MSI-X with INTx fallback.
@@ -66,6 +77,8 @@ pub struct DiskSpec {
     pub path: PathBuf,
     pub readonly: bool,
     pub moderation: Moderation,
+    /// `transport=pci|mmio`; `None` takes `--virtio-transport`.
+    pub transport: Option<VirtioTransportArg>,
     /// Offer VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 2.7.10); `event-idx=off` withholds it.
     pub event_idx: bool,
 }
@@ -83,15 +96,24 @@ fn number(key: &str, v: &str) -> Result<u32, String> {
         .map_err(|_| format!("{key}={v}: expected a whole number (0..=4294967295)"))
 }
 
-/// Parse `path=FILE[,readonly=on|off][,event-idx=on|off][,irq-usecs=N][,irq-max-frames=M]`.
+fn transport(key: &str, v: &str) -> Result<VirtioTransportArg, String> {
+    match v {
+        "pci" => Ok(VirtioTransportArg::Pci),
+        "mmio" => Ok(VirtioTransportArg::Mmio),
+        _ => Err(format!("{key}={v}: use pci or mmio")),
+    }
+}
+
+/// Parse `path=FILE[,readonly=on|off][,event-idx=on|off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]`.
 pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
     let mut path = None;
     let mut readonly = false;
     let mut event_idx = true;
     let mut moderation = Moderation::default();
+    let mut transport_arg = None;
     for part in s.split(',') {
         let (k, v) = part.split_once('=').ok_or_else(|| {
-            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M]")
+            format!("'{part}' in --disk is not key=value; use path=FILE[,readonly=on][,event-idx=off][,irq-usecs=N][,irq-max-frames=M][,transport=pci|mmio]")
         })?;
         match k {
             "path" if !v.is_empty() => path = Some(PathBuf::from(v)),
@@ -99,9 +121,10 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
             "event-idx" => event_idx = on_off(k, v)?,
             "irq-usecs" => moderation.usecs = number(k, v)?,
             "irq-max-frames" => moderation.max_frames = number(k, v)?,
+            "transport" => transport_arg = Some(transport(k, v)?),
             _ => {
                 return Err(format!(
-                    "unknown or empty --disk option '{k}'; known: path, readonly, event-idx, irq-usecs, irq-max-frames"
+                    "unknown or empty --disk option '{k}'; known: path, readonly, event-idx, irq-usecs, irq-max-frames, transport"
                 ))
             }
         }
@@ -116,7 +139,86 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
         path,
         readonly,
         moderation,
+        transport: transport_arg,
         event_idx,
+    })
+}
+
+/// One `--net` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    /// The tap to attach (created if missing and irqvm may).
+    pub tap: String,
+    /// The guest's MAC; default 52:54:00:12:34:(56 + index).
+    pub mac: Option<[u8; 6]>,
+    pub moderation: Moderation,
+}
+
+/// Parse a unicast MAC written as six colon-separated hex octets.
+fn parse_mac(v: &str) -> Result<[u8; 6], String> {
+    let bad = || format!("mac={v}: expected six hex octets like 52:54:00:12:34:56");
+    let mut mac = [0u8; 6];
+    let mut parts = v.split(':');
+    for b in &mut mac {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.len() != 2 {
+            return Err(bad());
+        }
+        *b = u8::from_str_radix(p, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    if mac[0] & 1 != 0 {
+        return Err(format!(
+            "mac={v} is a multicast address (lowest bit of the first octet set); a NIC needs a unicast one, e.g. 52:54:00:12:34:56"
+        ));
+    }
+    if mac == [0; 6] {
+        return Err(format!("mac={v}: the all-zero address is not usable"));
+    }
+    Ok(mac)
+}
+
+/// Parse `tap=NAME[,mac=XX:XX:XX:XX:XX:XX][,irq-usecs=N][,irq-max-frames=M]`.
+pub fn parse_net(s: &str) -> Result<NetSpec, String> {
+    let mut tap = None;
+    let mut mac = None;
+    let mut moderation = Moderation::default();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').ok_or_else(|| {
+            format!("'{part}' in --net is not key=value; use tap=NAME[,mac=52:54:00:12:34:56][,irq-usecs=N][,irq-max-frames=M]")
+        })?;
+        match k {
+            "tap" => {
+                if !devices::tap::valid_name(v) {
+                    return Err(format!(
+                        "tap={v}: a tap name is 1 to {} bytes without '/', ':', whitespace",
+                        devices::tap::MAX_NAME_LEN
+                    ));
+                }
+                tap = Some(v.to_string());
+            }
+            "mac" => mac = Some(parse_mac(v)?),
+            "irq-usecs" => moderation.usecs = number(k, v)?,
+            "irq-max-frames" => moderation.max_frames = number(k, v)?,
+            _ => {
+                return Err(format!(
+                    "unknown --net option '{k}'; known: tap, mac, irq-usecs, irq-max-frames"
+                ))
+            }
+        }
+    }
+    let tap = tap.ok_or("--net needs tap=NAME")?;
+    if moderation.max_frames > 0 && moderation.usecs == 0 {
+        return Err(
+            "--net irq-max-frames needs irq-usecs=N (the longest an interrupt may wait)".into(),
+        );
+    }
+    Ok(NetSpec {
+        tap,
+        mac,
+        moderation,
     })
 }
 
@@ -129,13 +231,17 @@ pub enum PciSetupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("--net: {0}")]
+    Tap(#[from] TapError),
     #[error("virtio-pci device: {0}")]
     VirtioPci(#[from] devices::virtio::pci::VirtioPciError),
+    #[error("test PCI function: {0}")]
+    TestFn(#[from] devices::pci::testfn::TestFnError),
     #[error("PCI bus: {0}")]
     Pci(#[from] devices::pci::PciError),
     #[error("no room for a {size:#x}-byte BAR in the PCI MMIO window; attach fewer devices")]
     BarSpace { size: u64 },
-    #[error("{0} virtio-mmio devices requested; at most {MAX_VIRTIO_MMIO} are supported (use --virtio-transport pci for more)")]
+    #[error("{0} virtio-mmio devices requested (--disk and --net together); at most {MAX_VIRTIO_MMIO} are supported (put the others on PCI: transport=pci in --disk, or --virtio-transport pci)")]
     TooManyMmio(usize),
     #[error(transparent)]
     Irq(#[from] irqchip::IrqError),
@@ -165,18 +271,90 @@ pub struct VirtioDevices {
     mmio_acpi: Vec<VirtioMmioDevice>,
     intx: Vec<(u8, u8)>,
     stats: Vec<(String, Arc<VirtioStats>)>,
+    testfn: Option<SharedTestFn>,
+    /// What the test device tells the guest about each disk, in `--disk` order.
+    test_disks: Vec<(usize, TestDisk)>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 /// Inputs for [`VirtioDevices::setup`].
 pub struct SetupArgs<'a> {
-    pub vm: &'a VmFd,
+    pub vm: &'a Arc<VmFd>,
     pub mem: &'a GuestMemoryMmap,
     pub lines: &'a dyn LineProvider,
     pub routes: Arc<dyn MsiRouteSink>,
     pub disks: &'a [DiskSpec],
+    pub nets: &'a [NetSpec],
     pub transport: VirtioTransportArg,
+    /// Add the test device's PCI function (`--testdev`).
+    pub testdev: bool,
+}
+
+/// Queue notify addresses as KVM ioeventfds (any written value kicks the queue).
+struct KvmNotify(Arc<VmFd>);
+
+impl NotifyRegistrar for KvmNotify {
+    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+
+    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()> {
+        self.0
+            .unregister_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+            .map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
+    }
+}
+
+/// A device backend opened from the command line, waiting for its transport.
+struct Opened {
+    backend: Box<dyn VirtioBackend>,
+    /// "virtio-blk0", "virtio-net1".
+    label: String,
+    /// What backs it (path, tap name), for the stats line.
+    backing: String,
+    moderation: Moderation,
+    transport: VirtioTransportArg,
+    /// Position in `--disk` order, for disks (the test device describes those).
+    disk: Option<usize>,
+}
+
+/// Open every `--disk` and `--net` backend (disks first, in command-line order).
+fn open_all(a: &SetupArgs<'_>) -> Result<Vec<Opened>, PciSetupError> {
+    let mut out = Vec::new();
+    for (i, d) in a.disks.iter().enumerate() {
+        out.push(Opened {
+            backend: Box::new(open_block(d, i)?),
+            label: format!("virtio-blk{i}"),
+            backing: d.path.display().to_string(),
+            moderation: d.moderation,
+            transport: d.transport.unwrap_or(a.transport),
+            disk: Some(i),
+        });
+    }
+    for (i, n) in a.nets.iter().enumerate() {
+        let tap = Tap::open(&n.tap)?;
+        let mac = n.mac.unwrap_or_else(|| default_mac(i));
+        log::info!(
+            "virtio-net{i}: tap {} mac {}",
+            n.tap,
+            mac.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        );
+        out.push(Opened {
+            backend: Box::new(Net::new(Box::new(tap), mac)),
+            label: format!("virtio-net{i}"),
+            backing: format!("tap {}", n.tap),
+            moderation: n.moderation,
+            transport: a.transport,
+            disk: None,
+        });
+    }
+    Ok(out)
 }
 
 fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
@@ -200,7 +378,7 @@ fn open_block(d: &DiskSpec, index: usize) -> Result<Block, PciSetupError> {
 }
 
 impl VirtioDevices {
-    /// Nothing attached (no `--disk`).
+    /// Nothing attached (no `--disk` or `--net`).
     fn empty() -> Self {
         Self {
             pio: Vec::new(),
@@ -209,6 +387,8 @@ impl VirtioDevices {
             mmio_acpi: Vec::new(),
             intx: Vec::new(),
             stats: Vec::new(),
+            testfn: None,
+            test_disks: Vec::new(),
             stop: Arc::new(AtomicBool::new(false)),
             thread: None,
         }
@@ -217,21 +397,43 @@ impl VirtioDevices {
     /// Build the devices, register their ioeventfds, and start the device thread.
     pub fn setup(a: SetupArgs<'_>) -> Result<Self, PciSetupError> {
         let mut out = Self::empty();
-        if a.disks.is_empty() {
-            return Ok(out);
+        let devs = open_all(&a)?;
+        // Each device's own transport (a disk's transport=, else --virtio-transport).
+        let (pci, mmio): (Vec<_>, Vec<_>) = devs
+            .into_iter()
+            .partition(|d| d.transport == VirtioTransportArg::Pci);
+        if mmio.len() > MAX_VIRTIO_MMIO {
+            return Err(PciSetupError::TooManyMmio(mmio.len()));
         }
         let mut subscribers: Vec<Subscriber> = Vec::new();
-        match a.transport {
-            VirtioTransportArg::Pci => out.setup_pci(&a, &mut subscribers)?,
-            VirtioTransportArg::Mmio => out.setup_mmio(&a, &mut subscribers)?,
+        if !pci.is_empty() || a.testdev {
+            out.setup_pci(&a, pci, &mut subscribers)?;
         }
-        out.start(subscribers)?;
+        if !mmio.is_empty() {
+            out.setup_mmio(&a, mmio, &mut subscribers)?;
+        }
+        out.test_disks.sort_by_key(|(i, _)| *i);
+        if !subscribers.is_empty() {
+            out.start(subscribers)?;
+        }
         Ok(out)
+    }
+
+    /// The test PCI function, when `--testdev` asked for one.
+    pub fn testdev_function(&self) -> Option<SharedTestFn> {
+        self.testfn.clone()
+    }
+
+    /// The disks as the test device describes them (DISK_INFO, VIRTIO_STATS), in `--disk`
+    /// order.
+    pub fn test_disks(&self) -> Vec<TestDisk> {
+        self.test_disks.iter().map(|(_, d)| d.clone()).collect()
     }
 
     fn setup_pci(
         &mut self,
         a: &SetupArgs<'_>,
+        devs: Vec<Opened>,
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
         let mut root = PciRoot::new();
@@ -241,19 +443,18 @@ impl VirtioDevices {
         )
         .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
         let mut prt = Vec::new();
-        for (i, d) in a.disks.iter().enumerate() {
-            let block = open_block(d, i)?;
+        for (n, d) in devs.into_iter().enumerate() {
             let bar = alloc
                 .allocate(BAR_SIZE, BAR_SIZE, AllocPolicy::FirstMatch)
                 .map_err(|_| PciSetupError::BarSpace { size: BAR_SIZE })?;
             // The slot this device will get: the root fills the lowest free one.
-            let slot = i + 1;
+            let slot = n + 1;
             let (gsi, source) = intx_route(slot);
             // INTx is level-triggered and re-checked at each EOI: in kernel mode it rides
             // KVM's irqfd resampler (split mode handles EOIs itself).
             let line = a.lines.level_line(gsi, source)?;
-            let dev = VirtioPci::new(
-                Box::new(block),
+            let mut dev = VirtioPci::new(
+                d.backend,
                 a.mem.clone(),
                 bar.start(),
                 a.routes.clone(),
@@ -263,14 +464,21 @@ impl VirtioDevices {
                 what: "cloning queue eventfds",
                 source,
             })?;
-            for (q, k) in kicks.iter().enumerate() {
-                if let Some(addr) = dev.notify_address(q) {
-                    a.vm.register_ioevent(k, &IoEventAddress::Mmio(addr), NoDatamatch)
-                        .map_err(|source| PciSetupError::IoEvent { addr, source })?;
-                }
-            }
-            let name = format!("virtio-blk{i} (pci 00:{slot:02x}.0, {})", d.path.display());
+            // Bound while BAR 0 decodes, and moved with it (see VirtioPci::attach_notify).
+            dev.attach_notify(Arc::new(KvmNotify(a.vm.clone())));
+            let name = format!("{} (pci 00:{slot:02x}.0, {})", d.label, d.backing);
             self.stats.push((name, dev.stats()));
+            if let Some(i) = d.disk {
+                self.test_disks.push((
+                    i,
+                    TestDisk {
+                        transport: TestDiskTransport::Pci { slot: slot as u8 },
+                        moderation_usecs: d.moderation.usecs,
+                        moderation_max_frames: d.moderation.max_frames,
+                        stats: dev.stats(),
+                    },
+                ));
+            }
             let dev = Arc::new(Mutex::new(dev));
             let got = root.add_device(dev.clone())?;
             debug_assert_eq!(got, slot);
@@ -287,6 +495,30 @@ impl VirtioDevices {
                 }
             })?;
             subscribers.push(Box::new(worker));
+        }
+        if a.testdev {
+            let bar = alloc
+                .allocate(TESTFN_BAR_SIZE, TESTFN_BAR_SIZE, AllocPolicy::FirstMatch)
+                .map_err(|_| PciSetupError::BarSpace {
+                    size: TESTFN_BAR_SIZE,
+                })?;
+            let (gsi, source) = intx_route(TESTFN_SLOT);
+            let line = a.lines.level_line(gsi, source)?;
+            let f = TestPciFunction::new(bar.start(), a.routes.clone(), Some((line, gsi as u8)))?;
+            log::info!(
+                "test PCI function at 00:{TESTFN_SLOT:02x}.0, BAR 0 {:#x}, INTA# GSI {gsi}, MSI-X GSIs {:?}",
+                bar.start(),
+                f.msix_gsis()
+            );
+            let f = Arc::new(Mutex::new(f));
+            root.add_device_at(TESTFN_SLOT, f.clone())?;
+            prt.push(PciRoute {
+                device: TESTFN_SLOT as u8,
+                pin: 0,
+                gsi,
+            });
+            self.intx.push((TESTFN_SLOT as u8, gsi as u8));
+            self.testfn = Some(f);
         }
         let root = Arc::new(root);
         self.pio.push((
@@ -314,17 +546,14 @@ impl VirtioDevices {
     fn setup_mmio(
         &mut self,
         a: &SetupArgs<'_>,
+        devs: Vec<Opened>,
         subscribers: &mut Vec<Subscriber>,
     ) -> Result<(), PciSetupError> {
-        if a.disks.len() > MAX_VIRTIO_MMIO {
-            return Err(PciSetupError::TooManyMmio(a.disks.len()));
-        }
-        for (i, d) in a.disks.iter().enumerate() {
-            let block = open_block(d, i)?;
-            let base = layout::VIRTIO_MMIO_START + i as u64 * layout::VIRTIO_MMIO_SIZE;
-            let gsi = VIRTIO_MMIO_GSI_BASE + i as u32;
+        for (n, d) in devs.into_iter().enumerate() {
+            let base = layout::VIRTIO_MMIO_START + n as u64 * layout::VIRTIO_MMIO_SIZE;
+            let gsi = VIRTIO_MMIO_GSI_BASE + n as u32;
             let line = a.lines.line(gsi, 0)?;
-            let dev = VirtioMmio::new(Box::new(block), a.mem.clone(), line).map_err(|source| {
+            let dev = VirtioMmio::new(d.backend, a.mem.clone(), line).map_err(|source| {
                 PciSetupError::Io {
                     what: "creating queue eventfds",
                     source,
@@ -340,9 +569,20 @@ impl VirtioDevices {
                     .map_err(|source| PciSetupError::IoEvent { addr, source })?;
             }
             self.stats.push((
-                format!("virtio-blk{i} (mmio {base:#x}, {})", d.path.display()),
+                format!("{} (mmio {base:#x}, {})", d.label, d.backing),
                 dev.stats(),
             ));
+            if let Some(i) = d.disk {
+                self.test_disks.push((
+                    i,
+                    TestDisk {
+                        transport: TestDiskTransport::Mmio { index: n as u8 },
+                        moderation_usecs: d.moderation.usecs,
+                        moderation_max_frames: d.moderation.max_frames,
+                        stats: dev.stats(),
+                    },
+                ));
+            }
             let dev = Arc::new(Mutex::new(dev));
             self.mmio
                 .push((dev.clone(), base, layout::VIRTIO_MMIO_SIZE));
@@ -462,6 +702,83 @@ mod tests {
                 max_frames: 8
             }
         );
+    }
+
+    #[test]
+    fn disk_transport_option_overrides_the_default_and_is_optional() {
+        assert_eq!(
+            parse_disk("path=a,transport=mmio").unwrap().transport,
+            Some(VirtioTransportArg::Mmio)
+        );
+        assert_eq!(
+            parse_disk("path=a,transport=pci").unwrap().transport,
+            Some(VirtioTransportArg::Pci)
+        );
+        assert_eq!(parse_disk("path=a").unwrap().transport, None);
+    }
+
+    #[test]
+    fn disk_transport_option_rejects_other_values() {
+        let e = parse_disk("path=a,transport=virtio").unwrap_err();
+        assert!(
+            e.contains("transport=virtio") && e.contains("pci or mmio"),
+            "{e}"
+        );
+        assert!(parse_disk("path=a,transport=").is_err());
+    }
+
+    #[test]
+    fn net_option_parses_tap_mac_and_moderation() {
+        let n = parse_net("tap=tap0,mac=52:54:00:AB:cd:01,irq-usecs=20,irq-max-frames=4").unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xAB, 0xCD, 1]));
+        assert_eq!(
+            n.moderation,
+            Moderation {
+                usecs: 20,
+                max_frames: 4
+            }
+        );
+        assert_eq!(parse_net("tap=t").unwrap().mac, None);
+    }
+
+    #[test]
+    fn net_option_errors_name_the_problem() {
+        assert!(parse_net("mac=52:54:00:12:34:56")
+            .unwrap_err()
+            .contains("tap=NAME"));
+        assert!(parse_net("tap=").unwrap_err().contains("tap name"));
+        assert!(parse_net("tap=a-name-longer-than-15")
+            .unwrap_err()
+            .contains("tap name"));
+        assert!(parse_net("tap=t,speed=10").unwrap_err().contains("unknown"));
+        assert!(parse_net("tap0").unwrap_err().contains("key=value"));
+        assert!(parse_net("tap=t,irq-max-frames=2")
+            .unwrap_err()
+            .contains("irq-usecs"));
+    }
+
+    #[test]
+    fn mac_must_be_six_hex_octets_and_unicast() {
+        for bad in [
+            "52:54:00:12:34",
+            "52:54:00:12:34:56:78",
+            "52-54-00-12-34-56",
+            "52:54:00:12:34:5g",
+            "52:54:00:12:34:567",
+            "",
+        ] {
+            assert!(
+                parse_mac(bad).unwrap_err().contains("six hex octets"),
+                "{bad}"
+            );
+        }
+        assert!(parse_mac("01:00:5e:00:00:01")
+            .unwrap_err()
+            .contains("multicast"));
+        assert!(parse_mac("00:00:00:00:00:00")
+            .unwrap_err()
+            .contains("all-zero"));
     }
 
     #[test]

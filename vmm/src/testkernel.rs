@@ -8,7 +8,75 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{CpuTemplateArg, InjectFault, IrqchipMode, SerialOut};
+use crate::pci_setup::{DiskSpec, VirtioTransportArg};
 use crate::vm::{self, Outcome, VmConfig, VmmError};
+use devices::virtio::worker::Moderation;
+
+/// Size of each scratch disk: 2048 sectors, plenty for the cases and the bench.
+pub const SCRATCH_DISK_BYTES: u64 = 1 << 20;
+
+/// Interrupt moderation of scratch disk 2: hold completions until 4 are pending or 200 ms
+/// passed since the first held one (the guest reads these back with DISK_MODERATION).
+pub const SCRATCH_MODERATION: Moderation = Moderation {
+    usecs: 200_000,
+    max_frames: 4,
+};
+
+/// The virtio-blk disks `irqvm selftest` and `irqvm bench` attach, in this order (the
+/// guest finds them with the test device's DISK_INFO, docs/testdev.md):
+/// 0. virtio-pci (slot 1), no moderation: MSI-X and INTx cases;
+/// 1. virtio-mmio (index 0, GSI 20);
+/// 2. virtio-pci (slot 2), moderation [`SCRATCH_MODERATION`].
+///
+/// Each is a fresh zero-filled temporary file, deleted when this is dropped.
+pub struct ScratchDisks {
+    paths: Vec<PathBuf>,
+    pub specs: Vec<DiskSpec>,
+}
+
+impl ScratchDisks {
+    pub fn create() -> Result<Self, VmmError> {
+        let layout = [
+            (VirtioTransportArg::Pci, Moderation::default()),
+            (VirtioTransportArg::Mmio, Moderation::default()),
+            (VirtioTransportArg::Pci, SCRATCH_MODERATION),
+        ];
+        let mut disks = Self {
+            paths: Vec::new(),
+            specs: Vec::new(),
+        };
+        for (i, (transport, moderation)) in layout.into_iter().enumerate() {
+            let path =
+                std::env::temp_dir().join(format!("irqvm-scratch-{}-{i}.img", std::process::id()));
+            let f = std::fs::File::create(&path).map_err(|source| VmmError::Io {
+                what: "creating a scratch disk in the temporary directory",
+                source,
+            })?;
+            disks.paths.push(path.clone());
+            f.set_len(SCRATCH_DISK_BYTES)
+                .map_err(|source| VmmError::Io {
+                    what: "sizing a scratch disk",
+                    source,
+                })?;
+            disks.specs.push(DiskSpec {
+                path,
+                readonly: false,
+                moderation,
+                transport: Some(transport),
+                event_idx: true,
+            });
+        }
+        Ok(disks)
+    }
+}
+
+impl Drop for ScratchDisks {
+    fn drop(&mut self) {
+        for p in &self.paths {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
 
 /// The test kernel ELF image.
 pub const TESTKERNEL_ELF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/testkernel.elf"));
@@ -18,7 +86,8 @@ pub fn write_to(path: &Path) -> std::io::Result<()> {
     std::fs::write(path, TESTKERNEL_ELF)
 }
 
-/// Boot the embedded test kernel with the test device: `irqvm selftest` and `irqvm bench`.
+/// Boot the embedded test kernel with the test device and the scratch disks
+/// ([`ScratchDisks`]): `irqvm selftest`.
 pub fn run_embedded(
     irqchip: IrqchipMode,
     vcpus: u32,
@@ -30,6 +99,13 @@ pub fn run_embedded(
         what: "writing the embedded test kernel to a temporary file",
         source,
     })?;
+    let disks = match ScratchDisks::create() {
+        Ok(d) => d,
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+    };
     let r = vm::run(VmConfig {
         kernel: path.clone(),
         initrd: None,
@@ -43,10 +119,12 @@ pub fn run_embedded(
         kvm_device: PathBuf::from("/dev/kvm"),
         irq_stats: false,
         inject_fault,
-        disks: Vec::new(),
+        disks: disks.specs.clone(),
+        nets: Vec::new(),
         virtio_transport: Default::default(),
     });
     let _ = std::fs::remove_file(&path);
+    drop(disks);
     r
 }
 

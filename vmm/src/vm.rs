@@ -60,6 +60,8 @@ pub struct VmConfig {
     pub irq_stats: bool,
     /// virtio-blk disks (`--disk`) and their transport.
     pub disks: Vec<crate::pci_setup::DiskSpec>,
+    /// virtio-net NICs (`--net`).
+    pub nets: Vec<crate::pci_setup::NetSpec>,
     pub virtio_transport: crate::pci_setup::VirtioTransportArg,
     /// Break the userspace controller on purpose (testing the tests).
     pub inject_fault: Option<InjectFault>,
@@ -479,6 +481,19 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
         layout::FW_CFG_PORT as u64,
         FwCfg::PORT_LEN,
     )?;
+    // PCI root bus and virtio devices (vmm/src/pci_setup.rs); before the test device,
+    // which describes the disks to the guest.
+    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
+        vm: &vm,
+        mem: &mem,
+        lines: lines.as_ref(),
+        routes: msi_routes,
+        disks: &cfg.disks,
+        nets: &cfg.nets,
+        transport: cfg.virtio_transport,
+        testdev: cfg.testdev,
+    })?;
+    virtio.register(&mut pio, &mut mmio)?;
     let mut test_counts = None;
     if cfg.testdev {
         let dev = TestDevice::new(
@@ -494,7 +509,12 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
                 ncpus: cfg.vcpus,
             },
             Box::new(|line: &str| log::info!("testdev: {line}")),
-        );
+        )
+        .with_disks(virtio.test_disks());
+        let dev = match virtio.testdev_function() {
+            Some(f) => dev.with_pci_function(f),
+            None => dev,
+        };
         test_counts = Some(dev.counts());
         pio.insert(
             Arc::new(Mutex::new(dev)),
@@ -502,17 +522,6 @@ pub fn run(cfg: VmConfig) -> Result<Outcome, VmmError> {
             layout::TESTDEV_PORT_SIZE as u64,
         )?;
     }
-
-    // PCI root bus and virtio devices (vmm/src/pci_setup.rs).
-    let mut virtio = crate::pci_setup::VirtioDevices::setup(crate::pci_setup::SetupArgs {
-        vm: &vm,
-        mem: &mem,
-        lines: lines.as_ref(),
-        routes: msi_routes,
-        disks: &cfg.disks,
-        transport: cfg.virtio_transport,
-    })?;
-    virtio.register(&mut pio, &mut mmio)?;
 
     // Kernel, initrd, command line, boot protocol data.
     let kernel_path = cfg.kernel.display().to_string();

@@ -15,6 +15,8 @@
 //! Nonexistent functions read all-ones (master abort) and ignore writes.
 
 pub mod config;
+pub mod msix;
+pub mod testfn;
 
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -129,6 +131,16 @@ impl PciRoot {
         self.slots[slot] = Some(dev);
         self.refresh_bars(slot);
         Ok(slot)
+    }
+
+    /// Put `dev` in slot `slot` (1..=31), which must be free.
+    pub fn add_device_at(&mut self, slot: usize, dev: SharedDevice) -> Result<(), PciError> {
+        match self.slots.get_mut(slot) {
+            Some(s @ None) if slot != 0 => *s = Some(dev),
+            _ => return Err(PciError::SlotTaken { slot }),
+        }
+        self.refresh_bars(slot);
+        Ok(())
     }
 
     fn device(&self, bus: u8, dev: u8, func: u8) -> Option<&SharedDevice> {
@@ -478,6 +490,30 @@ mod tests {
         let mut b = [0u8; 2];
         io.read(6, &mut b);
         assert_eq!(u16::from_le_bytes(b), 0x0008);
+    }
+
+    #[test]
+    fn add_device_at_takes_only_a_free_device_slot() {
+        let mut root = PciRoot::new();
+        let d = || -> SharedDevice { Arc::new(Mutex::new(Dummy::new())) };
+        assert_eq!(
+            root.add_device_at(0, d()),
+            Err(PciError::SlotTaken { slot: 0 })
+        );
+        assert_eq!(
+            root.add_device_at(32, d()),
+            Err(PciError::SlotTaken { slot: 32 })
+        );
+        root.add_device_at(31, d()).unwrap();
+        assert_eq!(
+            root.add_device_at(31, d()),
+            Err(PciError::SlotTaken { slot: 31 })
+        );
+        assert_eq!(
+            root.add_device(d()),
+            Ok(1),
+            "the lowest free slot is still 1"
+        );
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! block device, and the PCI and MMIO transports.
 //!
 //! Split of work:
-//! * [`VirtioBackend`]: a device type (block). It turns one descriptor chain into a used
-//!   length, and never sees transports or interrupts.
+//! * [`VirtioBackend`]: a device type (block, net). It turns one descriptor chain into a used
+//!   length, and never sees transports or interrupts. A device that also receives from the
+//!   host (virtio-net's receiveq) marks that queue an *input queue*: its chains are popped
+//!   only when host input is staged ([`VirtioCore::input_ready`]), and the worker watches the
+//!   backend's host fds.
 //! * [`VirtioCore`]: the state every transport exposes (virtio 1.2, 2.1 device status, 2.2
 //!   feature bits, 2.7 split virtqueues) and the queue loop with notification suppression
 //!   (2.7.7 VRING_AVAIL_F_NO_INTERRUPT, 2.7.10 VIRTIO_RING_F_EVENT_IDX).
@@ -14,9 +17,11 @@
 
 pub mod block;
 pub mod mmio;
+pub mod net;
 pub mod pci;
 pub mod worker;
 
+use std::os::unix::io::RawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -60,6 +65,9 @@ pub struct VirtioStats {
     pub moderated: AtomicU64,
     /// Requests failed with IOERR because the chain was malformed.
     pub bad_chains: AtomicU64,
+    /// Host input dropped (virtio-net: frames that arrived while the driver was not ready,
+    /// or larger than the driver's receive buffer). Printed only when non-zero.
+    pub dropped: AtomicU64,
 }
 
 impl VirtioStats {
@@ -77,8 +85,12 @@ impl VirtioStats {
         } else {
             0.0
         };
+        let dropped = match g(&self.dropped) {
+            0 => String::new(),
+            n => format!(", dropped {n}"),
+        };
         format!(
-            "{name}: kicks {}, completions {completions}, notifications needed {needed}, interrupts raised {}, suppressed {}, moderated {}, bad chains {}, interrupts/request {ipr:.3}",
+            "{name}: kicks {}, completions {completions}, notifications needed {needed}, interrupts raised {}, suppressed {}, moderated {}, bad chains {}{dropped}, interrupts/request {ipr:.3}",
             g(&self.kicks),
             g(&self.interrupts),
             g(&self.suppressed),
@@ -123,6 +135,27 @@ pub trait VirtioBackend: Send {
     fn name(&self) -> &'static str;
     /// Where the backend counts malformed chains.
     fn set_stats(&mut self, _stats: Arc<VirtioStats>) {}
+    /// Whether `queue` is an input queue: the device fills its buffers when host input
+    /// arrives (virtio-net receiveq, virtio 1.2, 5.1.6.3), not when the driver kicks. Its
+    /// chains reach [`process_chain`](Self::process_chain) only while input is staged.
+    fn is_input_queue(&self, _queue: usize) -> bool {
+        false
+    }
+    /// Stage the next host input for input queue `queue` unless one is already staged;
+    /// false when the host has nothing now (never blocks).
+    fn stage_input(&mut self, _queue: usize) -> bool {
+        false
+    }
+    /// The driver cannot take input (before DRIVER_OK, NEEDS_RESET, queue not enabled):
+    /// drop what the host has queued for `queue`, so its fd stops being readable. Returns
+    /// how many units (frames) were dropped.
+    fn discard_input(&mut self, _queue: usize) -> u64 {
+        0
+    }
+    /// Host fds whose readability means input for an input queue, as (fd, queue).
+    fn input_fds(&self) -> Vec<(RawFd, usize)> {
+        Vec::new()
+    }
 }
 
 /// What a transport does for the worker thread: expose the core and deliver interrupts.
@@ -160,6 +193,10 @@ pub struct QueueResult {
     pub config_changed: bool,
     /// Used entries added.
     pub completed: u32,
+    /// (Input queues) host input is staged but the driver has no buffer for it: stop
+    /// watching the input fds until the driver kicks this queue (notifications are enabled,
+    /// so it will when it adds buffers).
+    pub input_waiting: bool,
 }
 
 impl VirtioCore {
@@ -288,9 +325,8 @@ impl VirtioCore {
         self.status |= STATUS_NEEDS_RESET;
         self.config_generation = self.config_generation.wrapping_add(1);
         QueueResult {
-            notify: false,
             config_changed: true,
-            completed: 0,
+            ..QueueResult::default()
         }
     }
 
@@ -316,6 +352,10 @@ impl VirtioCore {
         if !q.is_valid(&mem) {
             guest_warn!("virtio: queue {idx} has a bad size or ring addresses; device needs reset");
             return self.needs_reset();
+        }
+        if self.backend.is_input_queue(idx) {
+            // The driver added receive buffers: deliver staged host input into them.
+            return self.fill_input(idx);
         }
         let mut added = 0u32;
         while let Some(q) = self.queues.get_mut(idx) {
@@ -353,6 +393,11 @@ impl VirtioCore {
                 Err(_) => return self.needs_reset(),
             }
         }
+        self.finish(idx, added)
+    }
+
+    /// Decide the interrupt for `added` new used entries on queue `idx`.
+    fn finish(&mut self, idx: usize, added: u32) -> QueueResult {
         if added == 0 {
             return QueueResult::default();
         }
@@ -364,9 +409,88 @@ impl VirtioCore {
         }
         QueueResult {
             notify,
-            config_changed: false,
             completed: added,
+            ..QueueResult::default()
         }
+    }
+
+    /// Host input for input queue `idx` is readable (the worker saw its fd ready). When the
+    /// driver cannot take it (no DRIVER_OK, NEEDS_RESET, queue not enabled or invalid) the
+    /// input is dropped and counted, as a NIC drops frames while its driver is down; else it
+    /// is delivered like [`fill_input`](Self::fill_input).
+    pub fn input_ready(&mut self, idx: usize) -> QueueResult {
+        let ready = self.status & STATUS_DRIVER_OK != 0
+            && self.status & STATUS_NEEDS_RESET == 0
+            && self
+                .queues
+                .get(idx)
+                .is_some_and(|q| q.ready() && q.is_valid(&self.mem));
+        if !ready {
+            let n = self.backend.discard_input(idx);
+            if n > 0 {
+                self.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                log::debug!(
+                    "{}: dropped {n} frames while the driver is not ready",
+                    self.backend.name()
+                );
+            }
+            return QueueResult::default();
+        }
+        self.fill_input(idx)
+    }
+
+    /// Deliver staged host input into queue `idx`: one chain per input unit, popped only
+    /// when there is input (so no buffer is consumed for nothing). When input is staged but
+    /// the ring is empty, notifications are enabled (virtio 1.2, 2.7.10: avail_event, or
+    /// VRING_USED_F_NO_NOTIFY cleared) so the driver kicks when it refills, and the result
+    /// says `input_waiting`: the input stays staged, nothing is dropped.
+    fn fill_input(&mut self, idx: usize) -> QueueResult {
+        let mem = self.mem.clone();
+        let mut added = 0u32;
+        let mut waiting = false;
+        let mut rechecked = false;
+        while self.backend.stage_input(idx) {
+            let Some(q) = self.queues.get_mut(idx) else {
+                break;
+            };
+            let chain = match q.iter(&mem) {
+                Ok(mut it) => it.next(),
+                Err(e) => {
+                    guest_warn!("virtio: queue {idx} avail ring invalid ({e}); device needs reset");
+                    return self.needs_reset();
+                }
+            };
+            let Some(chain) = chain else {
+                match q.enable_notification(&mem) {
+                    // Buffers arrived while enabling: go round again (once; an avail index
+                    // that never yields a chain must not spin the device thread).
+                    Ok(true) if !rechecked => {
+                        rechecked = true;
+                        continue;
+                    }
+                    Ok(_) => {
+                        waiting = true;
+                        break;
+                    }
+                    Err(_) => return self.needs_reset(),
+                }
+            };
+            rechecked = false;
+            let head = chain.head_index();
+            let len = self.backend.process_chain(idx, chain, &mem);
+            let Some(q) = self.queues.get_mut(idx) else {
+                break;
+            };
+            if let Err(e) = q.add_used(&mem, head, len) {
+                guest_warn!("virtio: queue {idx} used ring write failed ({e}); device needs reset");
+                return self.needs_reset();
+            }
+            added += 1;
+            VirtioStats::inc(&self.stats.completions);
+        }
+        let mut r = self.finish(idx, added);
+        r.input_waiting = waiting;
+        r
     }
 
     /// Whether the driver wants an interrupt for what was just added to queue `idx`:

@@ -9,28 +9,33 @@
 //! | 0x1000       | ISR status (4.1.4.5)                        |
 //! | 0x2000       | device-specific configuration (4.1.4.6)     |
 //! | 0x3000       | notifications, 4 bytes per queue (4.1.4.4)  |
-//! | 0x4000       | MSI-X table ([`MsixTable`], PCI 3.0 6.8.2)  |
+//! | 0x4000       | MSI-X table ([`MsixVectors`], PCI 3.0 6.8.2) |
 //! | 0x5000       | MSI-X PBA                                   |
 //!
 //! Interrupts: with MSI-X enabled each vector is an eventfd bound as a KVM irqfd to its own
-//! GSI route ([`MsiRouteSink`]); a masked vector pends in the PBA and fires once on unmask.
+//! GSI route ([`MsixVectors`], shared with the other PCI functions); a masked vector pends in
+//! the PBA and fires once on unmask.
 //! With MSI-X disabled the function uses INTA#: level, active low, through the wired-OR line
 //! model; the ISR read clears the ISR and deasserts the line (4.1.4.5.1), and the command
 //! register's Interrupt Disable bit gates the pin while Interrupt Status still reflects it
 //! (PCI 3.0 6.2.2/6.2.3). Queue notifications arrive on the device thread through KVM
-//! ioeventfds on the notify addresses; a notify write that still reaches the VMM (e.g. after
-//! the guest moved the BAR) signals the same eventfd.
+//! ioeventfds on the notify addresses. Those follow BAR 0: they are registered (through a
+//! [`NotifyRegistrar`]) only while the BAR decodes (Memory Space enabled, PCI 3.0 6.2.2) and
+//! are moved when the guest reprograms the BAR (6.2.5.1), so a relocated BAR keeps the fast
+//! path. A notify write that still reaches the VMM (registration failed) signals the same
+//! eventfd.
 
 use std::sync::Arc;
 
-use irqchip::msix::{MsixEffects, MsixRaise, MsixTable};
-use irqchip::{guest_warn, InterruptLine, IrqError, MsiMessage, MsiRouteSink};
+use irqchip::msix::MsixRaise;
+use irqchip::{guest_warn, InterruptLine, MsiRouteSink};
 use virtio_queue::QueueT;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::{VirtioBackend, VirtioCore, VirtioStats, VirtioTransport, NO_VECTOR};
-use crate::pci::config::{self, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND};
+use crate::pci::config::{self, CAP_ID_VENDOR, COMMAND};
+use crate::pci::msix::{MsixLayout, MsixSetupError, MsixVectors};
 use crate::pci::{BarKind, PciConfig, PciDevice, PciIds};
 
 pub const BAR_SIZE: u64 = 0x8000;
@@ -60,17 +65,17 @@ pub const ISR_CONFIG: u8 = 2;
 pub enum VirtioPciError {
     #[error("virtio-pci configuration space: {0}")]
     Config(#[from] config::ConfigError),
-    #[error("MSI-X: {0}")]
-    Msix(#[from] irqchip::msix::MsixError),
-    #[error("MSI-X vector routes: {0}")]
-    Irq(#[from] IrqError),
+    #[error(transparent)]
+    Msix(#[from] MsixSetupError),
     #[error("creating an eventfd: {0}")]
     EventFd(#[source] std::io::Error),
 }
 
-struct Vector {
-    gsi: u32,
-    evt: EventFd,
+/// Binds a queue's kick eventfd to a guest-physical notify address (a KVM ioeventfd in the
+/// VMM), and unbinds it when the address stops decoding.
+pub trait NotifyRegistrar: Send + Sync {
+    fn register(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
+    fn unregister(&self, fd: &EventFd, addr: u64) -> std::io::Result<()>;
 }
 
 /// A virtio device on PCI. Shared (`Arc<Mutex<_>>`) by the PCI bus (vCPU threads) and the
@@ -78,17 +83,17 @@ struct Vector {
 pub struct VirtioPci {
     cfg: PciConfig,
     core: VirtioCore,
-    msix: MsixTable,
-    msix_cap: usize,
+    msix: MsixVectors,
     /// VIRTIO_PCI_CAP_PCI_CFG capability offset (4.1.4.9).
     pci_cfg_cap: usize,
-    vectors: Vec<Vector>,
-    routes: Arc<dyn MsiRouteSink>,
     isr: u8,
     line: Option<Arc<dyn InterruptLine>>,
     line_level: bool,
     /// Per-queue kick eventfds (the ones registered as ioeventfds).
     kicks: Vec<EventFd>,
+    notify: Option<Arc<dyn NotifyRegistrar>>,
+    /// BAR 0 base the kick eventfds are registered at, if any.
+    notify_base: Option<u64>,
 }
 
 impl VirtioPci {
@@ -146,22 +151,17 @@ impl VirtioPci {
         pci_cfg_wmask[2] = 0xFF;
         pci_cfg_wmask[6..18].fill(0xFF);
         let pci_cfg_cap = cfg.add_capability(CAP_ID_VENDOR, &pci_cfg, &pci_cfg_wmask)?;
-        let msix = MsixTable::new(nvec)?;
-        let mut body = msix.message_control().to_le_bytes().to_vec();
-        body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32).to_le_bytes());
-        body.extend_from_slice(&(MSIX_PBA_OFFSET as u32).to_le_bytes());
-        let mut wmask = [0u8; 10];
-        wmask[1] = 0xC0; // Function Mask, MSI-X Enable.
-        let msix_cap = cfg.add_capability(CAP_ID_MSIX, &body, &wmask)?;
-
-        // Routes first, then irqfds (see MsiRouteSink for why).
-        let mut vectors = Vec::with_capacity(usize::from(nvec));
-        for _ in 0..nvec {
-            let gsi = routes.alloc_msi_gsi(MsiMessage::default())?;
-            let evt = EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?;
-            routes.register_irqfd(gsi, &evt)?;
-            vectors.push(Vector { gsi, evt });
-        }
+        let msix = MsixVectors::new(
+            &mut cfg,
+            nvec,
+            MsixLayout {
+                bar: 0,
+                table_offset: MSIX_TABLE_OFFSET,
+                pba_offset: MSIX_PBA_OFFSET,
+            },
+            routes,
+            "virtio-pci",
+        )?;
         let mut kicks = Vec::with_capacity(nq);
         for _ in 0..nq {
             kicks.push(EventFd::new(EFD_NONBLOCK).map_err(VirtioPciError::EventFd)?);
@@ -170,15 +170,61 @@ impl VirtioPci {
             cfg,
             core,
             msix,
-            msix_cap,
             pci_cfg_cap,
-            vectors,
-            routes,
             isr: 0,
             line,
             line_level: false,
             kicks,
+            notify: None,
+            notify_base: None,
         })
+    }
+
+    /// Hand the queue notify addresses to `registrar`: the kick eventfds are bound now if
+    /// BAR 0 decodes, and re-bound whenever the guest moves it or toggles Memory Space.
+    pub fn attach_notify(&mut self, registrar: Arc<dyn NotifyRegistrar>) {
+        self.notify = Some(registrar);
+        self.sync_notify();
+    }
+
+    /// Where BAR 0 decodes now: its base while Memory Space is enabled.
+    fn decoded_base(&self) -> Option<u64> {
+        if !self.cfg.memory_enabled() {
+            return None;
+        }
+        self.cfg.bar(0).map(|(base, _, _)| base).filter(|&b| b != 0)
+    }
+
+    /// Move the kick eventfds to where BAR 0 decodes now (PCI 3.0 6.2.5.1: software may
+    /// relocate a BAR at any time while decoding is off, and turns decoding back on after).
+    fn sync_notify(&mut self) {
+        let Some(reg) = self.notify.clone() else {
+            return;
+        };
+        let want = self.decoded_base();
+        if want == self.notify_base {
+            return;
+        }
+        let stride = u64::from(NOTIFY_MULTIPLIER);
+        if let Some(old) = self.notify_base.take() {
+            for (q, k) in self.kicks.iter().enumerate() {
+                let addr = old + NOTIFY_OFFSET + q as u64 * stride;
+                if let Err(e) = reg.unregister(k, addr) {
+                    log::error!("virtio-pci: unbinding queue {q} notify at {addr:#x}: {e}");
+                }
+            }
+        }
+        if let Some(base) = want {
+            for (q, k) in self.kicks.iter().enumerate() {
+                let addr = base + NOTIFY_OFFSET + q as u64 * stride;
+                if let Err(e) = reg.register(k, addr) {
+                    // The notify write still reaches bar_write, which kicks the same
+                    // eventfd: slower, not lost.
+                    log::error!("virtio-pci: binding queue {q} notify at {addr:#x}: {e}");
+                }
+            }
+            self.notify_base = Some(base);
+        }
     }
 
     /// The kick eventfd of each queue (register each as an ioeventfd on
@@ -203,41 +249,15 @@ impl VirtioPci {
 
     /// The GSIs of the MSI-X vectors, in vector order.
     pub fn msix_gsis(&self) -> Vec<u32> {
-        self.vectors.iter().map(|v| v.gsi).collect()
+        self.msix.gsis()
     }
 
-    fn apply_msix(&mut self, fx: MsixEffects) {
-        if !fx.is_empty() {
-            log::debug!("virtio-pci: MSI-X effects {fx:?}");
-        }
-        // Re-route before firing, so a pending vector reaches its new destination.
-        for k in fx.routes_changed {
-            let (Some(v), Some(msg)) = (self.vectors.get(usize::from(k)), self.msix.message(k))
-            else {
-                continue;
-            };
-            if let Err(e) = self.routes.set_msi_route(v.gsi, msg) {
-                log::error!(
-                    "virtio-pci: re-routing MSI-X vector {k} (GSI {}) failed: {e}",
-                    v.gsi
-                );
-            }
-        }
-        for (k, _) in fx.fire {
-            self.fire_vector(k);
-        }
-    }
-
-    fn fire_vector(&mut self, k: u16) {
-        if let Some(v) = self.vectors.get(usize::from(k)) {
-            if let Err(e) = v.evt.write(1) {
-                log::warn!("virtio-pci: irqfd write for vector {k} failed: {e}");
-            }
-            self.core
-                .stats
-                .interrupts
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+    /// Count `n` MSI-X messages sent.
+    fn count_fired(&self, n: usize) {
+        self.core
+            .stats
+            .interrupts
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Drive INTA# from Interrupt Status and Interrupt Disable.
@@ -262,7 +282,7 @@ impl VirtioPci {
             let r = self.msix.raise(vector);
             log::debug!("virtio-pci: raise vector {vector}: {r:?}");
             match r {
-                MsixRaise::Fire(_) => self.fire_vector(vector),
+                MsixRaise::Fire(_) => self.count_fired(1),
                 MsixRaise::Pended => {
                     self.core
                         .stats
@@ -350,7 +370,7 @@ impl VirtioPci {
     }
 
     fn valid_vector(&self, v: u16) -> u16 {
-        if v == NO_VECTOR || usize::from(v) < self.vectors.len() {
+        if v == NO_VECTOR || v < self.msix.num_vectors() {
             v
         } else {
             // 4.1.5.1.2: a vector the device cannot use reads back NO_VECTOR.
@@ -474,14 +494,8 @@ impl PciDevice for VirtioPci {
                 }
             }
         }
-        let ctrl = self.msix_cap + 2;
-        if PciConfig::overlaps(offset, data.len(), ctrl, 2) {
-            let val = self.cfg.read_u16(ctrl);
-            log::debug!("virtio-pci: MSI-X message control <- {val:#x}");
-            let fx = self.msix.write_message_control(val);
-            self.cfg
-                .store(ctrl, &self.msix.message_control().to_le_bytes());
-            self.apply_msix(fx);
+        if let Some(fired) = self.msix.config_written(&mut self.cfg, offset, data.len()) {
+            self.count_fired(fired);
             if !self.msix.enabled() {
                 self.update_line();
             } else if self.line_level {
@@ -495,6 +509,7 @@ impl PciDevice for VirtioPci {
         if PciConfig::overlaps(offset, data.len(), COMMAND, 2) && !self.msix.enabled() {
             self.update_line();
         }
+        self.sync_notify();
     }
 
     fn bar_read(&mut self, bar: usize, offset: u64, data: &mut [u8]) {
@@ -514,12 +529,7 @@ impl PciDevice for VirtioPci {
             o if (DEVICE_CFG_OFFSET..DEVICE_CFG_OFFSET + DEVICE_CFG_SIZE).contains(&o) => {
                 self.core.backend.read_config(o - DEVICE_CFG_OFFSET, data)
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
-                self.msix.table_read(o - MSIX_TABLE_OFFSET, data)
-            }
-            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + self.msix.pba_size()).contains(&o) => {
-                self.msix.pba_read(o - MSIX_PBA_OFFSET, data)
-            }
+            o if self.msix.bar_read(0, o, data) => {}
             _ => data.fill(0),
         }
     }
@@ -543,12 +553,9 @@ impl PciDevice for VirtioPci {
                     let _ = k.write(1);
                 }
             }
-            o if (MSIX_TABLE_OFFSET..MSIX_TABLE_OFFSET + self.msix.table_size()).contains(&o) => {
-                let fx = self.msix.table_write(o - MSIX_TABLE_OFFSET, data);
-                self.apply_msix(fx);
-            }
-            o if (MSIX_PBA_OFFSET..MSIX_PBA_OFFSET + self.msix.pba_size()).contains(&o) => {
-                self.msix.pba_write(o - MSIX_PBA_OFFSET, data)
+            o if self.msix.claims(0, o) => {
+                let fired = self.msix.bar_write(0, o, data).unwrap_or(0);
+                self.count_fired(fired);
             }
             _ => guest_warn!(
                 "virtio-pci: {}-byte write at BAR 0 offset {offset:#x} ignored",
@@ -565,36 +572,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    /// Records route operations; irqfds are the eventfds themselves.
-    #[derive(Default)]
-    struct FakeRoutes {
-        next: Mutex<u32>,
-        log: Mutex<Vec<String>>,
-        routes: Mutex<std::collections::BTreeMap<u32, MsiMessage>>,
-    }
-
-    impl MsiRouteSink for FakeRoutes {
-        fn alloc_msi_gsi(&self, msg: MsiMessage) -> Result<u32, IrqError> {
-            let mut n = self.next.lock().unwrap();
-            let gsi = 24 + *n;
-            *n += 1;
-            self.routes.lock().unwrap().insert(gsi, msg);
-            self.log.lock().unwrap().push(format!("alloc {gsi}"));
-            Ok(gsi)
-        }
-        fn set_msi_route(&self, gsi: u32, msg: MsiMessage) -> Result<(), IrqError> {
-            self.routes.lock().unwrap().insert(gsi, msg);
-            self.log
-                .lock()
-                .unwrap()
-                .push(format!("route {gsi} {:#x}", msg.data));
-            Ok(())
-        }
-        fn register_irqfd(&self, gsi: u32, _fd: &EventFd) -> Result<(), IrqError> {
-            self.log.lock().unwrap().push(format!("irqfd {gsi}"));
-            Ok(())
-        }
-    }
+    use crate::pci::config::CAP_ID_MSIX;
+    use crate::pci::msix::tests::FakeRoutes;
 
     #[derive(Default)]
     struct FakeLine {
@@ -645,7 +624,7 @@ mod tests {
     }
 
     fn enable_msix(d: &mut VirtioPci) {
-        let ctrl = d.msix_cap + 2;
+        let ctrl = d.msix.cap_offset() + 2;
         d.config_write(ctrl, &0x8000u16.to_le_bytes());
     }
 
@@ -655,6 +634,74 @@ mod tests {
         d.bar_write(0, base + 4, &0u32.to_le_bytes());
         d.bar_write(0, base + 8, &data.to_le_bytes());
         d.bar_write(0, base + 12, &u32::from(masked).to_le_bytes());
+    }
+
+    /// Records which (eventfd raw fd, address) pairs are bound.
+    #[derive(Default)]
+    struct FakeNotify {
+        bound: Mutex<Vec<u64>>,
+    }
+    impl NotifyRegistrar for FakeNotify {
+        fn register(&self, _fd: &EventFd, addr: u64) -> std::io::Result<()> {
+            let mut b = self.bound.lock().unwrap();
+            assert!(!b.contains(&addr), "{addr:#x} bound twice");
+            b.push(addr);
+            Ok(())
+        }
+        fn unregister(&self, _fd: &EventFd, addr: u64) -> std::io::Result<()> {
+            let mut b = self.bound.lock().unwrap();
+            let i = b
+                .iter()
+                .position(|&a| a == addr)
+                .expect("unbinding an unbound address");
+            b.remove(i);
+            Ok(())
+        }
+    }
+
+    fn set_memory_space(d: &mut VirtioPci, on: bool) {
+        d.config_write(COMMAND, &[if on { 0x06 } else { 0x04 }, 0]);
+    }
+
+    #[test]
+    fn notify_eventfds_bind_only_while_the_bar_decodes() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        assert!(
+            n.bound.lock().unwrap().is_empty(),
+            "Memory Space is off at reset"
+        );
+        set_memory_space(&mut d, true);
+        assert_eq!(*n.bound.lock().unwrap(), vec![BAR + NOTIFY_OFFSET]);
+        set_memory_space(&mut d, false);
+        assert!(n.bound.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn notify_eventfds_follow_a_relocated_bar() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        set_memory_space(&mut d, true);
+        // The guest's BAR sizing/relocation sequence: decoding off, write the BAR, back on.
+        set_memory_space(&mut d, false);
+        let moved = BAR + 0x10_0000;
+        d.config_write(config::BAR0, &(moved as u32).to_le_bytes());
+        set_memory_space(&mut d, true);
+        assert_eq!(*n.bound.lock().unwrap(), vec![moved + NOTIFY_OFFSET]);
+        assert_eq!(d.notify_address(0), Some(moved + NOTIFY_OFFSET));
+    }
+
+    #[test]
+    fn notify_eventfds_move_when_the_bar_is_rewritten_while_decoding() {
+        let (mut d, _, _) = device();
+        let n = Arc::new(FakeNotify::default());
+        d.attach_notify(n.clone());
+        set_memory_space(&mut d, true);
+        let moved = BAR + 0x20_0000;
+        d.config_write(config::BAR0, &(moved as u32).to_le_bytes());
+        assert_eq!(*n.bound.lock().unwrap(), vec![moved + NOTIFY_OFFSET]);
     }
 
     #[test]
@@ -722,7 +769,7 @@ mod tests {
         d.signal_queue(0);
         d.signal_queue(0);
         assert_eq!(
-            d.vectors[0].evt.read().unwrap(),
+            d.msix.eventfd(0).unwrap().read().unwrap(),
             2,
             "two signals coalesce into one read"
         );
@@ -738,14 +785,14 @@ mod tests {
         d.signal_queue(0);
         d.signal_queue(0);
         assert!(
-            d.vectors[0].evt.read().is_err(),
+            d.msix.eventfd(0).unwrap().read().is_err(),
             "nothing fired while masked"
         );
         let mut pba = [0u8; 8];
         d.bar_read(0, MSIX_PBA_OFFSET, &mut pba);
         assert_eq!(pba[0], 1);
         d.bar_write(0, MSIX_TABLE_OFFSET + 12, &0u32.to_le_bytes());
-        assert_eq!(d.vectors[0].evt.read().unwrap(), 1);
+        assert_eq!(d.msix.eventfd(0).unwrap().read().unwrap(), 1);
         d.bar_read(0, MSIX_PBA_OFFSET, &mut pba);
         assert_eq!(pba[0], 0);
     }
@@ -756,7 +803,7 @@ mod tests {
         enable_msix(&mut d);
         program_vector(&mut d, 0, 0x41, false);
         d.signal_queue(0);
-        assert!(d.vectors[0].evt.read().is_err());
+        assert!(d.msix.eventfd(0).unwrap().read().is_err());
     }
 
     #[test]

@@ -7,7 +7,13 @@
 //! 0`) or `usecs` microseconds have passed since the first held one, whichever comes first;
 //! then one interrupt covers them all. Without moderation every needed notification is
 //! delivered at once.
+//!
+//! Host input (virtio-net's tap): the worker also watches each fd the backend lists in
+//! `input_fds`. Readable means "deliver into the input queue"; when the core reports
+//! `input_waiting` (input staged, no driver buffer) the fd is parked (its epoll interest set
+//! emptied, so a readable tap cannot spin the loop) until the driver kicks that queue.
 
+use std::os::unix::io::RawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +22,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::VirtioTransport;
+use super::{QueueResult, VirtioTransport};
 
 /// Per-device interrupt moderation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -28,6 +34,19 @@ pub struct Moderation {
 }
 
 const TIMER_DATA: u32 = u32::MAX;
+/// Event data of input fd *i*: `INPUT_DATA | i`.
+const INPUT_DATA: u32 = 1 << 31;
+
+/// A host fd feeding an input queue.
+#[derive(Debug, Clone, Copy)]
+struct Input {
+    fd: RawFd,
+    queue: usize,
+    /// Interest set emptied while the driver has no buffer.
+    parked: bool,
+    /// Removed after an error or hang-up.
+    gone: bool,
+}
 
 /// Event-manager subscriber for one virtio device.
 pub struct VirtioWorker<T: VirtioTransport> {
@@ -38,6 +57,7 @@ pub struct VirtioWorker<T: VirtioTransport> {
     armed: bool,
     /// Completions held back per queue.
     pending: Vec<u32>,
+    inputs: Vec<Input>,
 }
 
 impl<T: VirtioTransport> VirtioWorker<T> {
@@ -52,6 +72,20 @@ impl<T: VirtioTransport> VirtioWorker<T> {
             None
         };
         let n = kicks.len();
+        let inputs = {
+            let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.core()
+                .backend
+                .input_fds()
+                .into_iter()
+                .map(|(fd, queue)| Input {
+                    fd,
+                    queue,
+                    parked: false,
+                    gone: false,
+                })
+                .collect()
+        };
         Ok(Self {
             dev,
             kicks,
@@ -59,6 +93,7 @@ impl<T: VirtioTransport> VirtioWorker<T> {
             timer,
             armed: false,
             pending: vec![0; n],
+            inputs,
         })
     }
 
@@ -67,19 +102,32 @@ impl<T: VirtioTransport> VirtioWorker<T> {
     }
 
     /// Service queue `q` after a kick.
-    pub fn kick(&mut self, q: usize) {
-        let r = {
+    pub fn kick(&mut self, q: usize) -> QueueResult {
+        let r = self.lock().core().process_queue(q);
+        log::debug!("virtio: kick on queue {q}: {r:?}");
+        self.deliver(q, r);
+        r
+    }
+
+    /// Host input for input queue `q` is readable.
+    pub fn input(&mut self, q: usize) -> QueueResult {
+        let r = self.lock().core().input_ready(q);
+        log::trace!("virtio: input for queue {q}: {r:?}");
+        self.deliver(q, r);
+        r
+    }
+
+    /// Deliver the interrupts `r` asks for on queue `q`, moderated when configured.
+    fn deliver(&mut self, q: usize, r: QueueResult) {
+        {
             let mut d = self.lock();
-            let r = d.core().process_queue(q);
-            log::debug!("virtio: kick on queue {q}: {r:?}");
             if r.config_changed {
                 d.signal_config();
             }
             if r.notify && self.timer.is_none() {
                 d.signal_queue(q);
             }
-            r
-        };
+        }
         if !r.notify || self.timer.is_none() {
             return;
         }
@@ -126,6 +174,36 @@ impl<T: VirtioTransport> VirtioWorker<T> {
     }
 }
 
+impl<T: VirtioTransport + 'static> VirtioWorker<T> {
+    /// Park (`false`) or resume (`true`) watching input fd `i`.
+    fn watch_input(&mut self, i: usize, on: bool, ops: &mut EventOps) {
+        let Some(inp) = self.inputs.get_mut(i) else {
+            return;
+        };
+        if inp.gone || inp.parked != on {
+            return;
+        }
+        let set = if on { EventSet::IN } else { EventSet::empty() };
+        match ops.modify(Events::with_data_raw(inp.fd, INPUT_DATA | i as u32, set)) {
+            Ok(()) => inp.parked = !on,
+            Err(e) => log::error!(
+                "virtio: cannot change the watch on input fd {}: {e:?}",
+                inp.fd
+            ),
+        }
+    }
+
+    /// After servicing queue `q`: park its input fds if the driver has no buffer, resume
+    /// them once it has.
+    fn update_inputs(&mut self, q: usize, r: QueueResult, ops: &mut EventOps) {
+        for i in 0..self.inputs.len() {
+            if self.inputs.get(i).is_some_and(|inp| inp.queue == q) {
+                self.watch_input(i, !r.input_waiting, ops);
+            }
+        }
+    }
+}
+
 impl<T: VirtioTransport + 'static> MutEventSubscriber for VirtioWorker<T> {
     fn init(&mut self, ops: &mut EventOps) {
         for (i, k) in self.kicks.iter().enumerate() {
@@ -138,9 +216,16 @@ impl<T: VirtioTransport + 'static> MutEventSubscriber for VirtioWorker<T> {
                 log::error!("virtio: cannot watch the moderation timer: {e:?}");
             }
         }
+        for (i, inp) in self.inputs.iter_mut().enumerate() {
+            let ev = Events::with_data_raw(inp.fd, INPUT_DATA | i as u32, EventSet::IN);
+            if let Err(e) = ops.add(ev) {
+                log::error!("virtio: cannot watch input fd {}: {e:?}", inp.fd);
+                inp.gone = true;
+            }
+        }
     }
 
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
         let data = events.data();
         if data == TIMER_DATA {
             if let Some(t) = &mut self.timer {
@@ -149,12 +234,38 @@ impl<T: VirtioTransport + 'static> MutEventSubscriber for VirtioWorker<T> {
             self.timer_expired();
             return;
         }
+        if data & INPUT_DATA != 0 {
+            let i = (data & !INPUT_DATA) as usize;
+            let Some(inp) = self.inputs.get(i).copied() else {
+                return;
+            };
+            if events
+                .event_set()
+                .intersects(EventSet::ERROR | EventSet::HANG_UP)
+            {
+                // A deleted tap reports EPOLLERR for ever: stop watching it.
+                log::error!(
+                    "virtio: input fd {} reported an error or hang-up; no more input for queue {}",
+                    inp.fd,
+                    inp.queue
+                );
+                let _ = ops.remove(events);
+                if let Some(inp) = self.inputs.get_mut(i) {
+                    inp.gone = true;
+                }
+                return;
+            }
+            let r = self.input(inp.queue);
+            self.update_inputs(inp.queue, r, ops);
+            return;
+        }
         let q = data as usize;
         if let Some(k) = self.kicks.get(q) {
             // The counter may hold several kicks: one pass services them all.
             let _ = k.read();
         }
-        self.kick(q);
+        let r = self.kick(q);
+        self.update_inputs(q, r, ops);
     }
 }
 
@@ -279,6 +390,79 @@ mod tests {
         );
         w.timer_expired();
         assert_eq!(dev.lock().unwrap().queue_irqs, 1, "nothing left to deliver");
+    }
+
+    /// virtio-net over a datagram socket pair, in a real event loop.
+    mod input {
+        use super::*;
+        use crate::tap::{FrameIo, VNET_HDR_LEN};
+        use crate::virtio::net::Net;
+        use event_manager::{EventManager, SubscriberOps};
+        use std::os::unix::io::{AsRawFd, RawFd};
+        use std::os::unix::net::UnixDatagram;
+
+        struct FakeTap(UnixDatagram);
+        impl FrameIo for FakeTap {
+            fn recv(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                self.0.recv(buf)
+            }
+            fn send(&mut self, frame: &[u8]) -> std::io::Result<usize> {
+                self.0.send(frame)
+            }
+            fn fd(&self) -> RawFd {
+                self.0.as_raw_fd()
+            }
+            fn label(&self) -> String {
+                "fake tap".into()
+            }
+        }
+
+        #[test]
+        fn readable_tap_without_rx_buffers_is_parked_until_the_rx_kick() {
+            let (dev_end, host) = UnixDatagram::pair().unwrap();
+            dev_end.set_nonblocking(true).unwrap();
+            let net = Net::new(Box::new(FakeTap(dev_end)), [2, 0, 0, 0, 0, 1]);
+            let mem = mem();
+            // Only the receive queue (0) is set up; that is all this test drives.
+            let mut core = VirtioCore::new(Box::new(net), mem.clone());
+            activate(&mut core, 16, F_VERSION_1);
+            let dev = Arc::new(Mutex::new(Counting {
+                core,
+                queue_irqs: 0,
+                config_irqs: 0,
+            }));
+            let kicks: Vec<EventFd> = (0..2)
+                .map(|_| EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap())
+                .collect();
+            let rx_kick = kicks[0].try_clone().unwrap();
+            let w = VirtioWorker::new(dev.clone(), kicks, Moderation::default()).unwrap();
+            let mut em: EventManager<Box<dyn MutEventSubscriber + Send>> =
+                EventManager::new().unwrap();
+            em.add_subscriber(Box::new(w));
+
+            let mut frame = vec![0u8; VNET_HDR_LEN];
+            frame.extend_from_slice(&[0xEE; 60]);
+            host.send(&frame).unwrap();
+            assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+            // Parked: the still-readable tap does not wake the loop again.
+            assert_eq!(em.run_with_timeout(50).unwrap(), 0);
+            assert_eq!(dev.lock().unwrap().queue_irqs, 0);
+
+            // The driver posts a buffer and kicks the receive queue.
+            desc(&mem, 0, DATA, 2048, F_WRITE, 0);
+            avail(&mem, 0, 0, 1);
+            rx_kick.write(1).unwrap();
+            assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+            assert_eq!(used_elem(&mem, 0), (0, (VNET_HDR_LEN + 60) as u32));
+            assert_eq!(dev.lock().unwrap().queue_irqs, 1);
+
+            // Watching again: the next frame is picked up from the tap by itself.
+            desc(&mem, 1, DATA + 0x1000, 2048, F_WRITE, 0);
+            avail(&mem, 1, 1, 2);
+            host.send(&frame).unwrap();
+            assert_eq!(em.run_with_timeout(100).unwrap(), 1);
+            assert_eq!(used_idx(&mem), 2);
+        }
     }
 
     #[test]

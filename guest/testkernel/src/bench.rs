@@ -14,14 +14,15 @@ use crate::{apic, ioapic, pic, println, report, serial, smp, testdev, tsc};
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-const N: usize = 10_000;
+pub(crate) const N: usize = 10_000;
 const V: u8 = 0x70;
 /// The 8259A's ICW2 only sets vector bits 7:3, so IRQ 3 with base 0x70 arrives at 0x73.
 const V_PIC: u8 = 0x73;
-/// Pin for the IOAPIC paths: 16 under irqvm, ISA line 10 with QEMU's pc-testdev.
+/// Pin for the IOAPIC paths: the first line pin the cases use under irqvm (a GSI no virtio
+/// disk shares, see `cases::init_pins`), ISA line 10 with QEMU's pc-testdev.
 fn gsi() -> u32 {
     if testdev::present() {
-        16
+        crate::cases::pin(0)
     } else {
         10
     }
@@ -32,17 +33,22 @@ struct Samples(UnsafeCell<[u64; N]>);
 unsafe impl Sync for Samples {}
 static SAMPLES: Samples = Samples(UnsafeCell::new([0; N]));
 
-fn samples() -> &'static mut [u64; N] {
+pub(crate) fn samples() -> &'static mut [u64; N] {
     // Only the BSP's main code touches the buffer.
     unsafe { &mut *SAMPLES.0.get() }
 }
 
-struct Tally {
-    done: u32,
-    skipped: u32,
+pub(crate) struct Tally {
+    pub(crate) done: u32,
+    pub(crate) skipped: u32,
 }
 
 fn emit(t: &mut Tally, path: &str, n: usize, missed: u32) {
+    emit_extra(t, path, n, missed, format_args!(""));
+}
+
+/// `emit` with extra JSON members (`extra` starts with a comma, or is empty).
+pub(crate) fn emit_extra(t: &mut Tally, path: &str, n: usize, missed: u32, extra: core::fmt::Arguments) {
     let s = &mut samples()[..n];
     if n == 0 {
         t.skipped += 1;
@@ -53,7 +59,7 @@ fn emit(t: &mut Tally, path: &str, n: usize, missed: u32) {
     let (min, med, p99) = (s[0], s[n / 2], s[(n * 99 / 100).min(n - 1)]);
     t.done += 1;
     report(format_args!(
-        "{{\"path\":\"{}\",\"n\":{},\"min_ns\":{},\"median_ns\":{},\"p99_ns\":{},\"min_cycles\":{},\"median_cycles\":{},\"p99_cycles\":{},\"missed\":{},\"tsc_khz\":{}}}",
+        "{{\"path\":\"{}\",\"n\":{},\"min_ns\":{},\"median_ns\":{},\"p99_ns\":{},\"min_cycles\":{},\"median_cycles\":{},\"p99_cycles\":{},\"missed\":{},\"tsc_khz\":{}{}}}",
         S(path),
         D(n as u64),
         D(tsc::cycles_to_ns(min)),
@@ -63,11 +69,12 @@ fn emit(t: &mut Tally, path: &str, n: usize, missed: u32) {
         D(med),
         D(p99),
         D(missed as u64),
-        D(tsc::khz())
+        D(tsc::khz()),
+        extra
     ));
 }
 
-fn skip(t: &mut Tally, path: &str, why: &str) {
+pub(crate) fn skip(t: &mut Tally, path: &str, why: &str) {
     t.skipped += 1;
     report(format_args!("SKIP bench_{}: {}", S(path), S(why)));
 }
@@ -163,6 +170,7 @@ fn prime_pulse(gsi: u32) {
 
 pub fn run() -> u32 {
     let mut t = Tally { done: 0, skipped: 0 };
+    crate::cases::init_pins();
     println!(
         "INFO bench: {} samples per path, TSC {} kHz{}",
         D(N as u64),
@@ -238,6 +246,20 @@ pub fn run() -> u32 {
         skip(&mut t, "msi", "needs the irqvm test device");
     }
 
+    // MSI-X via irqfd: MSIX_RAISE of the test PCI function's entry 0 -> the VMM writes the
+    // vector's irqfd -> KVM injects -> handler.
+    match crate::cases::msix::prepare() {
+        Some(d) => {
+            d.m.set_enable(true, false);
+            d.m.program_fixed(0, bsp as u8, V, false);
+            testdev::command(testdev::MSIX_RAISE, [0, 0, 0, 0]);
+            wait_count(1);
+            run_path(&mut t, "msix_irqfd", false, || outl(testdev::PORT, testdev::MSIX_RAISE));
+            d.m.set_enable(false, true);
+        }
+        None => skip(&mut t, "msix_irqfd", "needs the irqvm test PCI function (--testdev)"),
+    }
+
     // 8259A: IRQ 3 edge through LINT0 ExtINT -> handler (PIC EOI in the handler).
     if testdev::lines_available() && pic::present() && !apic::is_x2apic() {
         pic::init(V_PIC & 0xf8, 0x78, false);
@@ -298,6 +320,9 @@ pub fn run() -> u32 {
     } else {
         skip(&mut t, "serial_thre", "enabling THRE raised no IRQ 4");
     }
+
+    // virtio-blk completion interrupts (vblk_bench.rs); skipped without disks.
+    crate::vblk_bench::run(&mut t);
 
     // Self IPI again in x2APIC mode (WRMSR to the SELF IPI register instead of an MMIO ICR
     // write).

@@ -6,6 +6,7 @@
 use crate::arch::{self, inb, outb, rdtsc};
 use crate::desc::{self, Frame};
 use crate::fmtnum::{D, S, X};
+use crate::vblk_cases as vb;
 use crate::{apic, ioapic, pic, println, report, smp, testdev, tsc, Msg};
 use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
@@ -25,9 +26,13 @@ macro_rules! check {
     ($c:expr, $($t:tt)*) => { if !$c { fail!($($t)*); } };
 }
 
+/// MSI-X and INTx of the test PCI function (uses the macros above).
+#[path = "msix.rs"]
+pub(crate) mod msix;
+
 /// What a case needs to run.
 const LINES: u32 = 1 << 0; // can drive interrupt lines (testdev or pc-testdev)
-const TESTDEV: u32 = 1 << 1; // the irqvm test device itself
+pub(crate) const TESTDEV: u32 = 1 << 1; // the irqvm test device itself
 const SMP: u32 = 1 << 2; // a second CPU is up
 const PIC: u32 = 1 << 3; // an 8259A pair answers
 /// Also run in the x2APIC pass (name gets the suffix `_x2apic`).
@@ -35,8 +40,8 @@ const X2: u32 = 1 << 4;
 
 pub struct Case {
     pub name: &'static str,
-    needs: u32,
-    f: fn() -> Outcome,
+    pub(crate) needs: u32,
+    pub(crate) f: fn() -> Outcome,
 }
 
 /// Which host fault an XFAIL entry is about.
@@ -94,6 +99,9 @@ const XFAIL: &[(&str, HostFault, &str, fn(&str) -> bool)] = &[
     ("ioapic_shared_level_line_drops_one_source_at_a_time", HostFault::Pvm,
      "PVM EOIs at delivery: the asserted shared line redelivers without EOI",
      extra_deliveries),
+    ("vblk_pci_intx_write_read_roundtrip", HostFault::Pvm,
+     "PVM EOIs at delivery, before the handler's ISR read deasserts INTA#: the level line redelivers once more",
+     |m| m.starts_with("spurious: ")),
     ("pic_poll_mode", HostFault::KvmIrqchip,
      "KVM's i8259 poll read clears the ISR bit instead of setting it (kvm i8259.c pic_poll_read)",
      |m| m.starts_with("poll did not set ISR")),
@@ -154,17 +162,59 @@ const V_STORM: u8 = 0x61;
 const PIC_MASTER: u8 = 0x30;
 const PIC_SLAVE: u8 = 0x38;
 
-/// Interrupt pins the cases use: 16..23 under irqvm (no PIC behind them); under QEMU's
-/// pc-testdev only ISA lines exist, so four free ones.
-fn pin(i: usize) -> u32 {
+/// Interrupt pins the cases use: four of GSIs 16..23 under irqvm (no PIC behind them),
+/// chosen by `init_pins`; under QEMU's pc-testdev only ISA lines exist, so four free ones.
+pub(crate) fn pin(i: usize) -> u32 {
     if testdev::present() {
-        16 + i as u32
+        PINS[i % 4].load(Ordering::Relaxed)
     } else {
         [10, 11, 14, 15][i % 4]
     }
 }
 
-fn bsp_id() -> u32 {
+static PINS: [AtomicU32; 4] = [AtomicU32::new(16), AtomicU32::new(17), AtomicU32::new(18), AtomicU32::new(19)];
+
+/// Pick the first four GSIs of 16..23 that no virtio disk or test PCI function uses
+/// (DISK_INFO, Interrupt Line): a disk's INTx
+/// or virtio-mmio line on the same GSI would share it, and in kernel irqchip mode the
+/// disk's irqfd resampler adds an EOI exit to every interrupt on that pin. Falls back to
+/// 16..19 if fewer than four are free.
+pub fn init_pins() {
+    if !testdev::present() {
+        return;
+    }
+    let mut used = crate::vblk_cases::disk_gsis();
+    // The test PCI function's INTA# (its Interrupt Line, written by the VMM) is such a line
+    // too.
+    if let Some(f) = crate::pci::find(testdev::PCI_VENDOR, testdev::PCI_DEVICE) {
+        let l = f.interrupt_line() as u32;
+        if l < 32 {
+            used |= 1 << l;
+        }
+    }
+    let mut n = 0;
+    for g in 16..24u32 {
+        if n < 4 && used & (1 << g) == 0 {
+            PINS[n].store(g, Ordering::Relaxed);
+            n += 1;
+        }
+    }
+    if n < 4 {
+        for (i, p) in PINS.iter().enumerate() {
+            p.store(16 + i as u32, Ordering::Relaxed);
+        }
+    }
+    println!(
+        "INFO line pins {} {} {} {} (disk GSIs {})",
+        D(pin(0) as u64),
+        D(pin(1) as u64),
+        D(pin(2) as u64),
+        D(pin(3) as u64),
+        X(used as u64)
+    );
+}
+
+pub(crate) fn bsp_id() -> u32 {
     smp::APIC_ID[0].load(Ordering::SeqCst)
 }
 
@@ -172,7 +222,7 @@ fn ap_id() -> u32 {
     smp::APIC_ID[1].load(Ordering::SeqCst)
 }
 
-fn count(v: u8) -> u32 {
+pub(crate) fn count(v: u8) -> u32 {
     desc::total(v)
 }
 
@@ -186,7 +236,7 @@ fn count_on(cpu: usize, v: u8) -> u32 {
 /// (`*_delivered_to_spinning_vcpu` check the strict behaviour). Exits are not the fast
 /// path: on PVM each MMIO exit is followed by a batch of emulated instructions during
 /// which nothing is injected, so polling with exits slows delivery down.
-fn wait_for(us: u64, cond: impl Fn() -> bool) -> bool {
+pub(crate) fn wait_for(us: u64, cond: impl Fn() -> bool) -> bool {
     // A vCPU thread can be descheduled for tens of milliseconds on a loaded host: never give
     // up on a delivery sooner than 2 s. Waits end as soon as `cond` holds, so this costs
     // nothing when things work.
@@ -225,12 +275,12 @@ fn spin_for(us: u64, cond: impl Fn() -> bool) -> bool {
 }
 
 /// Let any pending delivery happen (interrupts on).
-fn settle() {
+pub(crate) fn settle() {
     tsc::delay_us(3000);
 }
 
 /// Wait until `v`'s count has not changed for 50 ms (late deliveries on a loaded host).
-fn settle_count(v: u8) {
+pub(crate) fn settle_count(v: u8) {
     for _ in 0..100 {
         let c = count(v);
         wait_for(50_000, || false);
@@ -287,6 +337,7 @@ static TOUCHED_SOURCES: AtomicU32 = AtomicU32::new(1);
 fn reset() {
     arch::sti();
     ioapic::mask_all();
+    msix::quiesce();
     if testdev::lines_available() {
         let sources = TOUCHED_SOURCES.swap(1, Ordering::SeqCst);
         for i in 0..4 {
@@ -1305,9 +1356,49 @@ fn hostile_garbage_then_edge_still_works() -> Outcome {
     Outcome::Pass
 }
 
+/// PCIe 3.0 7.2.2 / PCI Firmware 3.0 4.1.2: the ECAM window the ACPI MCFG table describes
+/// reaches the same configuration space as mechanism #1 (0xCF8/0xCFC), for reads and writes,
+/// and an empty slot reads all-ones through both.
+fn pci_ecam_from_mcfg_matches_config_mechanism_1() -> Outcome {
+    let Some(base) = crate::pci::ecam_base() else {
+        skip!("no ACPI MCFG table (no PCI bus on this machine)");
+    };
+    let mut functions = 0;
+    let mut empty_checked = false;
+    for dev in 0..32u8 {
+        let f = crate::pci::Func { dev, func: 0 };
+        let id = f.read32(0);
+        check!(f.ecam_read32(base, 0) == id, "00:{}.0 id: CF8 {} ECAM {}", X(dev as u64),
+               X(id as u64), X(f.ecam_read32(base, 0) as u64));
+        if id == 0xFFFF_FFFF {
+            empty_checked = true;
+            continue;
+        }
+        functions += 1;
+        for off in (0..0x100u16).step_by(4) {
+            let (a, b) = (f.read32(off as u8), f.ecam_read32(base, off));
+            check!(a == b, "00:{}.0 dword {}: CF8 {} ECAM {}", X(dev as u64), X(off as u64),
+                   X(a as u64), X(b as u64));
+        }
+        // Interrupt Line (0x3C) is a read-write scratch byte for software (PCI 3.0 6.2.4):
+        // a write through ECAM is seen through CF8.
+        let old = f.read32(crate::pci::INTERRUPT_LINE);
+        let a = base | (dev as u64) << 15 | 0x3C;
+        unsafe { core::ptr::write_volatile(a as *mut u8, 0x5A) };
+        let seen = f.read8(crate::pci::INTERRUPT_LINE);
+        f.write32(crate::pci::INTERRUPT_LINE, old);
+        check!(seen == 0x5A, "00:{}.0 Interrupt Line written via ECAM reads {} via CF8",
+               X(dev as u64), X(seen as u64));
+    }
+    check!(functions >= 1, "MCFG present but no function on bus 0 (not even the host bridge)");
+    check!(empty_checked, "no empty slot to check all-ones reads");
+    Outcome::Pass
+}
+
 // ---------------------------------------------------------------------------------------
 
 pub static CASES: &[Case] = &[
+    Case { name: "pci_ecam_from_mcfg_matches_config_mechanism_1", needs: 0, f: pci_ecam_from_mcfg_matches_config_mechanism_1 },
     Case { name: "lapic_self_ipi", needs: X2, f: lapic_self_ipi },
     Case { name: "cpu_cli_holds_interrupts_until_sti", needs: 0, f: cpu_cli_holds_interrupts_until_sti },
     Case { name: "cpu_cli_holds_ioapic_interrupt_until_sti", needs: LINES, f: cpu_cli_holds_ioapic_interrupt_until_sti },
@@ -1349,6 +1440,27 @@ pub static CASES: &[Case] = &[
     Case { name: "pic_slave_cascade_needs_both_eois", needs: PIC | LINES, f: pic_slave_cascade_needs_both_eois },
     Case { name: "serial_thre_interrupt", needs: 0, f: serial_thre_interrupt },
     Case { name: "ioapic_storm_100k", needs: TESTDEV, f: ioapic_storm_100k },
+    Case { name: "msix_vector_per_entry", needs: TESTDEV | X2, f: msix::msix_vector_per_entry },
+    Case { name: "msix_masked_vector_sets_pending_bit", needs: TESTDEV, f: msix::msix_masked_vector_sets_pending_bit },
+    Case { name: "msix_unmask_fires_pending_exactly_once", needs: TESTDEV, f: msix::msix_unmask_fires_pending_exactly_once },
+    Case { name: "msix_function_mask_holds_all_vectors", needs: TESTDEV, f: msix::msix_function_mask_holds_all_vectors },
+    Case { name: "msix_raises_while_masked_deliver_once", needs: TESTDEV, f: msix::msix_raises_while_masked_deliver_once },
+    Case { name: "msix_disabled_function_does_not_deliver_msi", needs: TESTDEV, f: msix::msix_disabled_function_does_not_deliver_msi },
+    Case { name: "msix_retarget_vector_during_burst_accounts_every_event", needs: TESTDEV | SMP, f: msix::msix_retarget_vector_during_burst_accounts_every_event },
+    Case { name: "remap_msix_entry_at_runtime", needs: TESTDEV, f: msix::remap_msix_entry_at_runtime },
+    Case { name: "intx_disable_bit_gates_the_line", needs: TESTDEV, f: msix::intx_disable_bit_gates_the_line },
+    Case { name: "intx_status_bit_follows_the_device", needs: TESTDEV, f: msix::intx_status_bit_follows_the_device },
+    Case { name: "msix_garbage_table_writes_leave_vmm_up", needs: TESTDEV, f: msix::msix_garbage_table_writes_leave_vmm_up },
+    // virtio-blk (vblk_cases.rs): skip without a disk.
+    Case { name: "vblk_pci_msix_write_read_roundtrip", needs: TESTDEV, f: vb::vblk_pci_msix_write_read_roundtrip },
+    Case { name: "vblk_pci_intx_write_read_roundtrip", needs: TESTDEV, f: vb::vblk_pci_intx_write_read_roundtrip },
+    Case { name: "vblk_mmio_write_read_roundtrip", needs: TESTDEV, f: vb::vblk_mmio_write_read_roundtrip },
+    Case { name: "vblk_completions_coalesce_into_one_interrupt", needs: TESTDEV, f: vb::vblk_completions_coalesce_into_one_interrupt },
+    Case { name: "vblk_msix_masked_vector_pends_and_fires_once_on_unmask", needs: TESTDEV, f: vb::vblk_msix_masked_vector_pends_and_fires_once_on_unmask },
+    Case { name: "vblk_no_interrupt_flag_suppresses_interrupts", needs: TESTDEV, f: vb::vblk_no_interrupt_flag_suppresses_interrupts },
+    Case { name: "vblk_event_idx_interrupts_only_at_used_event", needs: TESTDEV, f: vb::vblk_event_idx_interrupts_only_at_used_event },
+    Case { name: "vblk_moderation_max_frames_batches_completions", needs: TESTDEV, f: vb::vblk_moderation_max_frames_batches_completions },
+    Case { name: "vblk_moderation_timer_flushes_held_completion", needs: TESTDEV, f: vb::vblk_moderation_timer_flushes_held_completion },
 ];
 
 fn missing(needs: u32) -> Option<&'static str> {
@@ -1376,6 +1488,12 @@ struct Tally {
 static X2_PASS: AtomicBool = AtomicBool::new(false);
 
 fn run_one(t: &mut Tally, i: usize, c: &Case) {
+    // `irqvm.only=PREFIX` on the command line runs only the cases named PREFIX... (debugging).
+    if let Some(p) = crate::cmdline_arg("irqvm.only") {
+        if !c.name.as_bytes().starts_with(p.as_bytes()) {
+            return;
+        }
+    }
     let suffix = if X2_PASS.load(Ordering::Relaxed) { "_x2apic" } else { "" };
     CURRENT.store(i, Ordering::SeqCst);
     let out = match missing(c.needs) {
@@ -1431,6 +1549,7 @@ pub fn enter_x2apic() -> bool {
 }
 
 pub fn run_all() -> u32 {
+    init_pins();
     if pic::present() {
         BOOT_ELCR.store(pic::elcr() as u32, Ordering::SeqCst);
         println!("INFO ELCR at boot {}", X(pic::elcr() as u64));

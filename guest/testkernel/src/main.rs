@@ -28,6 +28,9 @@ mod serial;
 mod smp;
 mod testdev;
 mod tsc;
+mod vblk_bench;
+mod vblk_cases;
+mod virtio;
 
 use core::fmt::{self, Write};
 pub use fmtnum::{D, I, S, X};
@@ -111,6 +114,17 @@ pub fn cmdline_arg(key: &str) -> Option<&'static str> {
 /// hvm_start_info (xen/include/public/arch-x86/hvm/start_info.h).
 const HVM_START_MAGIC: u32 = 0x336e_c578;
 
+/// hvm_start_info.rsdp_paddr (0 when the loader gave none).
+static RSDP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Physical address of the ACPI RSDP the loader reported, if any.
+pub fn rsdp() -> Option<u64> {
+    match RSDP.load(Ordering::Relaxed) {
+        0 => None,
+        a => Some(a),
+    }
+}
+
 fn read_start_info(paddr: u64) {
     if paddr == 0 || paddr >= 0x1_0000_0000 {
         return;
@@ -121,6 +135,7 @@ fn read_start_info(paddr: u64) {
             println!("hvm_start_info at {} has bad magic {}", X(paddr), X(magic as u64));
             return;
         }
+        RSDP.store(core::ptr::read_volatile((paddr + 32) as *const u64), Ordering::Relaxed);
         let cmd = core::ptr::read_volatile((paddr + 24) as *const u64);
         if cmd == 0 || cmd >= 0x1_0000_0000 {
             return;

@@ -282,3 +282,63 @@ impl Msix {
         d >> (k % 32) & 1 != 0
     }
 }
+
+/// ECAM (PCI Express enhanced configuration access, PCIe 3.0 7.2.2): the base of segment 0,
+/// bus 0 as the ACPI MCFG table describes it (PCI Firmware 3.0, 4.1.2), found from the RSDP
+/// (ACPI 6.x 5.2.5) through the XSDT (or RSDT). None without ACPI or without an MCFG.
+pub fn ecam_base() -> Option<u64> {
+    let rsdp = crate::rsdp()?;
+    if rsdp >= 0x1_0000_0000 {
+        return None;
+    }
+    unsafe {
+        if read_volatile(rsdp as *const [u8; 8]) != *b"RSD PTR " {
+            return None;
+        }
+        let rev = read_volatile((rsdp + 15) as *const u8);
+        let xsdt = if rev >= 2 { read_volatile((rsdp + 24) as *const u64) } else { 0 };
+        let (sdt, entry) = if xsdt != 0 {
+            (xsdt, 8)
+        } else {
+            (read_volatile((rsdp + 16) as *const u32) as u64, 4)
+        };
+        if sdt == 0 || sdt >= 0x1_0000_0000 {
+            return None;
+        }
+        let len = read_volatile((sdt + 4) as *const u32) as u64;
+        // Bounded walk: at most 64 tables, whatever the header claims.
+        let n = (len.saturating_sub(36) / entry).min(64);
+        for i in 0..n {
+            let at = sdt + 36 + i * entry;
+            let t = if entry == 8 {
+                read_volatile(at as *const u64)
+            } else {
+                read_volatile(at as *const u32) as u64
+            };
+            if t == 0 || t >= 0x1_0000_0000 {
+                continue;
+            }
+            if read_volatile(t as *const [u8; 4]) == *b"MCFG" {
+                // 8 reserved bytes after the header, then 16-byte allocation entries:
+                // base (u64), segment (u16), start bus, end bus.
+                let tlen = read_volatile((t + 4) as *const u32) as u64;
+                if tlen < 44 + 16 {
+                    return None;
+                }
+                let base = read_volatile((t + 44) as *const u64);
+                let seg = read_volatile((t + 52) as *const u16);
+                let start_bus = read_volatile((t + 54) as *const u8);
+                return (seg == 0 && start_bus == 0 && base != 0).then_some(base);
+            }
+        }
+    }
+    None
+}
+
+impl Func {
+    /// Dword `off` of this function's configuration space through ECAM at `base`.
+    pub fn ecam_read32(self, base: u64, off: u16) -> u32 {
+        let a = base | (self.dev as u64) << 15 | (self.func as u64) << 12 | (off as u64 & 0xFFC);
+        unsafe { read_volatile(a as *const u32) }
+    }
+}

@@ -24,6 +24,27 @@ pub const LINE_STATS: u32 = 6;
 pub const STATS_RESET: u32 = 7;
 pub const BURST_STATUS: u32 = 8;
 pub const LINE_COALESCED: u32 = 9;
+pub const MSIX_RAISE: u32 = 4;
+pub const MSIX_BURST: u32 = 10;
+pub const MSIX_STATS: u32 = 11;
+pub const INTX_SET: u32 = 12;
+pub const MSIX_BURST_STATUS: u32 = 13;
+
+/// MSIX_RAISE results.
+pub const MSIX_FIRED: u32 = 0;
+pub const MSIX_PENDED: u32 = 1;
+pub const MSIX_DROPPED: u32 = 2;
+/// MSIX_STATS counters (ARG1).
+pub const STAT_RAISED: u32 = 0;
+pub const STAT_FIRED: u32 = 1;
+pub const STAT_PENDED: u32 = 2;
+pub const STAT_MERGED: u32 = 3;
+pub const STAT_DROPPED: u32 = 4;
+pub const STAT_REFUSED: u32 = 5;
+
+/// The test device's PCI function (docs/testdev.md).
+pub const PCI_VENDOR: u16 = 0x1234;
+pub const PCI_DEVICE: u16 = 0x7464;
 
 /// HOST bit 0: the host KVM is PVM.
 pub const HOST_PVM: u32 = 1;
