@@ -182,6 +182,9 @@ pub struct VirtioCore {
     pub queue_vectors: Vec<u16>,
     pub config_vector: u16,
     pub stats: Arc<VirtioStats>,
+    /// Device resets so far (virtio 1.2, 2.1: status 0), so the device thread can drop
+    /// state that belonged to the driver before the reset (moderation's held completions).
+    pub resets: u64,
 }
 
 /// What servicing a queue asks the transport to do.
@@ -216,6 +219,7 @@ impl VirtioCore {
             driver_features: 0,
             status: 0,
             config_generation: 0,
+            resets: 0,
             queue_sel: 0,
             queues,
             queue_vectors: vec![NO_VECTOR; n],
@@ -316,6 +320,7 @@ impl VirtioCore {
         self.queue_vectors.fill(NO_VECTOR);
         self.config_vector = NO_VECTOR;
         self.backend.reset();
+        self.resets = self.resets.wrapping_add(1);
     }
 
     fn needs_reset(&mut self) -> QueueResult {

@@ -57,6 +57,8 @@ pub struct VirtioWorker<T: VirtioTransport> {
     armed: bool,
     /// Completions held back per queue.
     pending: Vec<u32>,
+    /// `VirtioCore::resets` when `pending` was last valid.
+    seen_resets: u64,
     inputs: Vec<Input>,
 }
 
@@ -93,6 +95,7 @@ impl<T: VirtioTransport> VirtioWorker<T> {
             timer,
             armed: false,
             pending: vec![0; n],
+            seen_resets: 0,
             inputs,
         })
     }
@@ -117,8 +120,20 @@ impl<T: VirtioTransport> VirtioWorker<T> {
         r
     }
 
+    /// Forget completions held for a driver that has since reset the device: they belong
+    /// to rings that no longer exist, and counting them would end the new driver's first
+    /// hold period early.
+    fn forget_held_after_reset(&mut self, resets: u64) {
+        if resets != self.seen_resets {
+            self.seen_resets = resets;
+            self.pending.fill(0);
+        }
+    }
+
     /// Deliver the interrupts `r` asks for on queue `q`, moderated when configured.
     fn deliver(&mut self, q: usize, r: QueueResult) {
+        let resets = self.lock().core().resets;
+        self.forget_held_after_reset(resets);
         {
             let mut d = self.lock();
             if r.config_changed {
@@ -167,6 +182,8 @@ impl<T: VirtioTransport> VirtioWorker<T> {
     /// The moderation timer expired: deliver every held notification.
     pub fn timer_expired(&mut self) {
         self.armed = false;
+        let resets = self.lock().core().resets;
+        self.forget_held_after_reset(resets);
         let due: Vec<usize> = self
             .pending
             .iter_mut()
@@ -418,6 +435,36 @@ mod tests {
         submit(&mem, 2);
         w.kick(0);
         assert!(w.armed, "the next hold starts a fresh period");
+    }
+
+    #[test]
+    fn device_reset_forgets_completions_held_for_the_old_driver() {
+        let (mut w, dev, mem) = setup(Moderation {
+            usecs: 1_000_000,
+            max_frames: 2,
+        });
+        submit(&mem, 0);
+        w.kick(0);
+        assert_eq!(w.pending[0], 1, "one completion held");
+        // The driver resets the device and sets the queue up again (virtio 1.2, 3.1.1).
+        {
+            let mut d = dev.lock().unwrap();
+            d.core.reset();
+            activate(&mut d.core, 16, F_VERSION_1);
+        }
+        w.timer_expired();
+        assert_eq!(
+            dev.lock().unwrap().queue_irqs,
+            0,
+            "no interrupt for the old driver's completion"
+        );
+        submit(&mem, 0);
+        w.kick(0);
+        assert_eq!(
+            dev.lock().unwrap().queue_irqs,
+            0,
+            "the new driver's first completion starts a fresh batch of 2"
+        );
     }
 
     /// virtio-net over a datagram socket pair, in a real event loop.
