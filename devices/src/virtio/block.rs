@@ -269,15 +269,7 @@ impl VirtioBackend for Block {
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let c = self.config_bytes();
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| c.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        super::read_config_bytes(&self.config_bytes(), offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {

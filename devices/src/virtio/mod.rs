@@ -167,6 +167,20 @@ pub trait VirtioTransport: Send {
     fn signal_config(&mut self);
 }
 
+/// A driver's read of `data.len()` bytes at `offset` of a device configuration structure
+/// whose current bytes are `config` (virtio 1.2, 2.5): bytes past its end read as zero, so an
+/// out-of-range or overflowing offset is harmless.
+pub(crate) fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b = offset
+            .checked_add(i as u64)
+            .and_then(|o| usize::try_from(o).ok())
+            .and_then(|o| config.get(o))
+            .copied()
+            .unwrap_or(0);
+    }
+}
+
 /// The transport-independent device state.
 pub struct VirtioCore {
     pub backend: Box<dyn VirtioBackend>,
@@ -512,6 +526,21 @@ impl VirtioCore {
             Ok(flags) => u16::from_le(flags) & VRING_AVAIL_F_NO_INTERRUPT == 0,
             Err(_) => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::read_config_bytes;
+
+    #[test]
+    fn config_reads_past_the_end_or_at_overflowing_offsets_are_zero() {
+        let c = [1u8, 2, 3, 4];
+        let mut d = [0xFFu8; 4];
+        read_config_bytes(&c, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&c, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
     }
 }
 
