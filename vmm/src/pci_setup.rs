@@ -83,6 +83,17 @@ pub struct DiskSpec {
     pub event_idx: bool,
 }
 
+/// `irq-max-frames` alone would hold an interrupt forever on a quiet queue: it needs the
+/// `irq-usecs` bound too.
+fn check_moderation(option: &str, m: &Moderation) -> Result<(), String> {
+    if m.max_frames > 0 && m.usecs == 0 {
+        return Err(format!(
+            "{option} irq-max-frames needs irq-usecs=N (the longest an interrupt may wait)"
+        ));
+    }
+    Ok(())
+}
+
 fn on_off(key: &str, v: &str) -> Result<bool, String> {
     match v {
         "on" | "true" | "yes" | "1" => Ok(true),
@@ -130,11 +141,7 @@ pub fn parse_disk(s: &str) -> Result<DiskSpec, String> {
         }
     }
     let path = path.ok_or("--disk needs path=FILE")?;
-    if moderation.max_frames > 0 && moderation.usecs == 0 {
-        return Err(
-            "--disk irq-max-frames needs irq-usecs=N (the longest an interrupt may wait)".into(),
-        );
-    }
+    check_moderation("--disk", &moderation)?;
     Ok(DiskSpec {
         path,
         readonly,
@@ -210,11 +217,7 @@ pub fn parse_net(s: &str) -> Result<NetSpec, String> {
         }
     }
     let tap = tap.ok_or("--net needs tap=NAME")?;
-    if moderation.max_frames > 0 && moderation.usecs == 0 {
-        return Err(
-            "--net irq-max-frames needs irq-usecs=N (the longest an interrupt may wait)".into(),
-        );
-    }
+    check_moderation("--net", &moderation)?;
     Ok(NetSpec {
         tap,
         mac,
